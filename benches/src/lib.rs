@@ -1,0 +1,1 @@
+//! Benchmarks of fyerrpc: see benches/.

@@ -1,0 +1,131 @@
+//! [`Load`]: the live load of one endpoint, shared by the client and pickers.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Decay time of the peak-EWMA latency estimate (as in Finagle and linkerd).
+pub const EWMA_DECAY: Duration = Duration::from_secs(10);
+
+/// The cost assumed for an endpoint with no latency sample yet: 1 ms,
+/// neutral between a fast local instance and a slow remote one.
+const DEFAULT_RTT_NANOS: f64 = 1_000_000.0;
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_nanos() -> u64 {
+    u64::try_from(epoch().elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Live load of one endpoint: requests in flight and a peak-EWMA latency
+/// estimate. Updated with atomics only; never locks.
+#[derive(Debug)]
+pub struct Load {
+    in_flight: AtomicU32,
+    /// f64 bits: the EWMA of latency in nanoseconds.
+    ewma: AtomicU64,
+    /// When `ewma` was last updated, nanoseconds since the process epoch.
+    stamp: AtomicU64,
+}
+
+impl Default for Load {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Load {
+    /// A load with nothing in flight and no latency sample.
+    pub fn new() -> Self {
+        Self {
+            in_flight: AtomicU32::new(0),
+            ewma: AtomicU64::new(0f64.to_bits()),
+            stamp: AtomicU64::new(0),
+        }
+    }
+
+    /// A call starts on the endpoint.
+    #[inline]
+    pub fn start(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A call on the endpoint ends after `latency`.
+    pub fn end(&self, latency: Duration) {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        self.observe(latency);
+    }
+
+    /// Requests in flight now.
+    #[inline]
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Records a latency sample into the peak-EWMA: a sample above the
+    /// current estimate replaces it at once (peak), a lower one decays into it
+    /// with time constant [`EWMA_DECAY`].
+    pub fn observe(&self, latency: Duration) {
+        let rtt = latency.as_nanos() as f64;
+        let now = now_nanos();
+        let prev_stamp = self.stamp.swap(now, Ordering::Relaxed);
+        let _ = self
+            .ewma
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                let cur = f64::from_bits(bits);
+                let next = if cur == 0.0 || rtt > cur {
+                    rtt
+                } else {
+                    let dt = now.saturating_sub(prev_stamp) as f64;
+                    let w = (-dt / EWMA_DECAY.as_nanos() as f64).exp();
+                    cur * w + rtt * (1.0 - w)
+                };
+                Some(next.to_bits())
+            });
+    }
+
+    /// The latency estimate in nanoseconds (a neutral 1 ms before any sample).
+    pub fn ewma_nanos(&self) -> f64 {
+        let v = f64::from_bits(self.ewma.load(Ordering::Relaxed));
+        if v == 0.0 {
+            DEFAULT_RTT_NANOS
+        } else {
+            v
+        }
+    }
+
+    /// The peak-EWMA cost: latency estimate × (in-flight + 1).
+    pub fn peak_ewma_cost(&self) -> f64 {
+        self.ewma_nanos() * f64::from(self.in_flight() + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracks_in_flight_and_peaks() {
+        let l = Load::new();
+        l.start();
+        l.start();
+        assert_eq!(l.in_flight(), 2);
+        l.end(Duration::from_millis(5));
+        assert_eq!(l.in_flight(), 1);
+        assert!((l.ewma_nanos() - 5e6).abs() < 1.0);
+        l.end(Duration::from_millis(50));
+        assert_eq!(l.in_flight(), 0);
+        assert!(
+            (l.ewma_nanos() - 5e7).abs() < 1.0,
+            "a peak replaces the estimate"
+        );
+        l.end(Duration::from_millis(1));
+        assert_eq!(l.in_flight(), 0, "never below zero");
+        assert!(l.ewma_nanos() > 1e6, "a low sample decays in slowly");
+    }
+}

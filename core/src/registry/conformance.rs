@@ -1,0 +1,321 @@
+//! The registry conformance suite: what every [`Registry`] backend must do.
+//!
+//! Enabled by the `testing` feature. A backend's integration test builds a
+//! [`Harness`] around its registry (connected to a real server) and calls
+//! [`run`]; each check panics with a message naming what failed.
+//!
+//! ```no_run
+//! # async fn demo(registry: std::sync::Arc<dyn fyerrpc::registry::Registry>) {
+//! use fyerrpc::registry::conformance::{run, Harness};
+//! run(&Harness::new(registry).with_ttl(std::time::Duration::from_secs(2))).await;
+//! # }
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use super::{RegisterOptions, Registry, WatchStream};
+use crate::instance::Instance;
+
+/// Writes an entry that is not a valid instance under a service, the way a
+/// foreign or broken writer would. Gets the service name.
+pub type InvalidWriter =
+    Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// What the suite needs to know about a backend.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct Harness {
+    /// The registry under test.
+    pub registry: Arc<dyn Registry>,
+    /// TTL used for the expiry check (short, the backend's minimum or more).
+    pub ttl: Duration,
+    /// How long a change may take to reach a watcher or `discover`.
+    pub settle: Duration,
+    /// How long after the TTL an abandoned registration may linger.
+    pub expiry_grace: Duration,
+    /// Writes garbage under a service; `None` skips the invalid-entry check.
+    pub write_invalid: Option<InvalidWriter>,
+    /// Prefix of the service names the suite uses (unique per run).
+    pub service_prefix: String,
+}
+
+impl Harness {
+    /// A harness with TTL 2 s, settle time 5 s, expiry grace 5 s, no invalid
+    /// writer.
+    pub fn new(registry: Arc<dyn Registry>) -> Self {
+        Self {
+            registry,
+            ttl: Duration::from_secs(2),
+            settle: Duration::from_secs(5),
+            expiry_grace: Duration::from_secs(5),
+            write_invalid: None,
+            service_prefix: format!("conformance-{:08x}", fastrand::u32(..)),
+        }
+    }
+    /// Sets the TTL of the expiry check.
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+    /// Sets how long a change may take to show.
+    pub fn with_settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
+        self
+    }
+    /// Sets how long past the TTL an abandoned registration may stay visible.
+    pub fn with_expiry_grace(mut self, grace: Duration) -> Self {
+        self.expiry_grace = grace;
+        self
+    }
+    /// Sets the writer of invalid entries.
+    pub fn with_invalid_writer(mut self, writer: InvalidWriter) -> Self {
+        self.write_invalid = Some(writer);
+        self
+    }
+
+    fn service(&self, name: &str) -> String {
+        format!("{}-{name}", self.service_prefix)
+    }
+}
+
+fn instance(service: &str, id: &str, port: u16) -> Instance {
+    Instance::new(id, service, format!("127.0.0.1:{port}"))
+        .expect("valid test instance")
+        .with_metadata("zone", "z1")
+}
+
+/// Runs every check.
+pub async fn run(h: &Harness) {
+    register_discover(h).await;
+    watch_sees_add_and_remove(h).await;
+    shutdown_deregisters(h).await;
+    version_filter(h).await;
+    ttl_expiry(h).await;
+    invalid_entries_skipped(h).await;
+}
+
+/// Waits until `discover` returns a set whose ids are `ids`.
+async fn discover_until(h: &Harness, service: &str, ids: &[&str]) {
+    let deadline = tokio::time::Instant::now() + h.settle;
+    let mut last = Vec::new();
+    while tokio::time::Instant::now() < deadline {
+        match h.registry.discover(service, None).await {
+            Ok(set) => {
+                last = ids_of(&set);
+                if last == ids {
+                    return;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "discover failed"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "discover({service}) = {last:?}, expected {ids:?} within {:?}",
+        h.settle
+    );
+}
+
+/// Reads watch events until a set with ids `ids` arrives.
+async fn watch_until(w: &mut WatchStream, ids: &[&str], within: Duration) {
+    let r = tokio::time::timeout(within, async {
+        let mut last = Vec::new();
+        while let Some(ev) = w.next().await {
+            match ev {
+                Ok(set) => {
+                    last = ids_of(&set);
+                    if last == ids {
+                        return Ok(());
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "watch reported an error"),
+            }
+        }
+        Err(last)
+    })
+    .await;
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(last)) => panic!("watch ended at {last:?}, expected {ids:?}"),
+        Err(_) => panic!("watch did not show {ids:?} within {within:?}"),
+    }
+}
+
+fn ids_of(set: &[Instance]) -> Vec<String> {
+    let mut ids: Vec<String> = set.iter().map(|i| i.id().to_owned()).collect();
+    ids.sort();
+    ids
+}
+
+/// Registered instances are discovered with their fields intact.
+pub async fn register_discover(h: &Harness) {
+    let service = h.service("discover");
+    let a = instance(&service, "a", 7001)
+        .with_weight(42)
+        .expect("weight");
+    let b = instance(&service, "b", 7002);
+    let ra = h
+        .registry
+        .register(a.clone(), RegisterOptions::default())
+        .await
+        .expect("register a");
+    let rb = h
+        .registry
+        .register(b, RegisterOptions::default())
+        .await
+        .expect("register b");
+    discover_until(h, &service, &["a", "b"]).await;
+    let set = h.registry.discover(&service, None).await.expect("discover");
+    let got = set.iter().find(|i| i.id() == "a").expect("a listed");
+    assert_eq!(got.address(), a.address(), "address survives the registry");
+    assert_eq!(got.weight(), 42, "weight survives the registry");
+    assert_eq!(
+        got.meta("zone"),
+        Some("z1"),
+        "metadata survives the registry"
+    );
+    assert_eq!(got.version(), a.version(), "version survives the registry");
+    assert!(
+        h.registry
+            .discover(&h.service("nobody"), None)
+            .await
+            .expect("discover unknown")
+            .is_empty(),
+        "an unknown service has no instances"
+    );
+    ra.shutdown().await.expect("shutdown a");
+    rb.shutdown().await.expect("shutdown b");
+    discover_until(h, &service, &[]).await;
+}
+
+/// A watch yields the current set first, then additions and removals.
+pub async fn watch_sees_add_and_remove(h: &Harness) {
+    let service = h.service("watch");
+    let ra = h
+        .registry
+        .register(instance(&service, "a", 7101), RegisterOptions::default())
+        .await
+        .expect("register a");
+    discover_until(h, &service, &["a"]).await;
+    let mut w = h.registry.watch(&service, None).await.expect("watch");
+    watch_until(&mut w, &["a"], h.settle).await;
+    let rb = h
+        .registry
+        .register(instance(&service, "b", 7102), RegisterOptions::default())
+        .await
+        .expect("register b");
+    watch_until(&mut w, &["a", "b"], h.settle).await;
+    ra.shutdown().await.expect("shutdown a");
+    watch_until(&mut w, &["b"], h.settle).await;
+    h.registry
+        .deregister(rb.instance())
+        .await
+        .expect("deregister b");
+    watch_until(&mut w, &[], h.settle).await;
+    drop(rb);
+}
+
+/// `Registration::shutdown` removes the entry; deregistering an unknown
+/// instance is no error.
+pub async fn shutdown_deregisters(h: &Harness) {
+    let service = h.service("shutdown");
+    let r = h
+        .registry
+        .register(instance(&service, "a", 7201), RegisterOptions::default())
+        .await
+        .expect("register");
+    discover_until(h, &service, &["a"]).await;
+    r.shutdown().await.expect("shutdown");
+    discover_until(h, &service, &[]).await;
+    h.registry
+        .deregister(&instance(&service, "ghost", 7202))
+        .await
+        .expect("deregistering an unknown instance is fine");
+}
+
+/// `discover` and `watch` with a version see only that version.
+pub async fn version_filter(h: &Harness) {
+    let service = h.service("version");
+    let v1 = h
+        .registry
+        .register(instance(&service, "one", 7301), RegisterOptions::default())
+        .await
+        .expect("register v1");
+    let v2i = instance(&service, "two", 7302)
+        .with_version("v2")
+        .expect("version");
+    let v2 = h
+        .registry
+        .register(v2i, RegisterOptions::default())
+        .await
+        .expect("register v2");
+    discover_until(h, &service, &["one", "two"]).await;
+    let only = h
+        .registry
+        .discover(&service, Some("v2"))
+        .await
+        .expect("discover v2");
+    assert_eq!(ids_of(&only), ["two"], "version filter");
+    let mut w = h.registry.watch(&service, Some("v1")).await.expect("watch");
+    watch_until(&mut w, &["one"], h.settle).await;
+    v1.shutdown().await.expect("shutdown");
+    v2.shutdown().await.expect("shutdown");
+}
+
+/// A registration whose keeper stopped without deregistering disappears
+/// after its TTL, and a watcher sees it go.
+pub async fn ttl_expiry(h: &Harness) {
+    let service = h.service("ttl");
+    let r = h
+        .registry
+        .register(
+            instance(&service, "mortal", 7401),
+            RegisterOptions::default().with_ttl(h.ttl),
+        )
+        .await
+        .expect("register");
+    discover_until(h, &service, &["mortal"]).await;
+    let mut w = h.registry.watch(&service, None).await.expect("watch");
+    watch_until(&mut w, &["mortal"], h.settle).await;
+    // Outlive a few keep-alive periods: the keeper must keep it registered.
+    tokio::time::sleep(h.ttl * 2).await;
+    let set = h.registry.discover(&service, None).await.expect("discover");
+    assert_eq!(ids_of(&set), ["mortal"], "kept alive past its TTL");
+    r.abandon().await.expect("abandon");
+    watch_until(&mut w, &[], h.ttl + h.expiry_grace).await;
+}
+
+/// Entries that do not decode are skipped, and the valid ones are still seen.
+pub async fn invalid_entries_skipped(h: &Harness) {
+    let Some(write) = &h.write_invalid else {
+        return;
+    };
+    let service = h.service("invalid");
+    let r = h
+        .registry
+        .register(instance(&service, "good", 7501), RegisterOptions::default())
+        .await
+        .expect("register");
+    discover_until(h, &service, &["good"]).await;
+    let mut w = h.registry.watch(&service, None).await.expect("watch");
+    watch_until(&mut w, &["good"], h.settle).await;
+    write(service.clone()).await;
+    // A later valid change must still come through the same watch.
+    let r2 = h
+        .registry
+        .register(
+            instance(&service, "good2", 7502),
+            RegisterOptions::default(),
+        )
+        .await
+        .expect("register");
+    watch_until(&mut w, &["good", "good2"], h.settle).await;
+    discover_until(h, &service, &["good", "good2"]).await;
+    r.shutdown().await.expect("shutdown");
+    r2.shutdown().await.expect("shutdown");
+}

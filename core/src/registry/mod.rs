@@ -1,0 +1,217 @@
+//! The service registry plug-in: where instances announce themselves and where
+//! clients find them.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use fyerrpc::registry::{MemoryRegistry, RegisterOptions, Registry};
+//! use fyerrpc::Instance;
+//! use futures_util::StreamExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+//! let mut changes = registry.watch("GreetService", None).await?;
+//! assert!(changes.next().await.unwrap()?.is_empty()); // the current set comes first
+//!
+//! let inst = Instance::new("server-A", "GreetService", "127.0.0.1:8001")?;
+//! let registration = registry.register(inst, RegisterOptions::default()).await?;
+//! assert_eq!(changes.next().await.unwrap()?.len(), 1);
+//! assert_eq!(registry.discover("GreetService", None).await?.len(), 1);
+//!
+//! registration.shutdown().await?; // deregisters
+//! assert!(changes.next().await.unwrap()?.is_empty());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A backend implements [`Registry`]; [`Registration`] is the handle that keeps
+//! one registration alive (lease keep-alive, TTL check) until
+//! [`Registration::shutdown`] deregisters it.
+
+mod memory;
+mod registration;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod conformance;
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_core::Stream;
+
+use crate::instance::{Instance, InstanceError};
+
+pub use memory::{channel_stream, MemoryRegistry};
+pub use registration::{Registration, StopMode, StopSignal};
+
+/// Default time-to-live of a registration whose keep-alive stops.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+
+/// A stream of instance sets: the current set first, then the whole new set
+/// after every change. An `Err` item reports a transient problem (the backend
+/// keeps trying); the stream ends only when the registry is dropped.
+pub type WatchStream =
+    Pin<Box<dyn Stream<Item = Result<Vec<Instance>, RegistryError>> + Send + 'static>>;
+
+/// What went wrong talking to a registry.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The backend cannot be reached or did not answer in time.
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
+    /// An entry read from the backend is not a valid instance.
+    #[error("invalid registry entry {key:?}: {source}")]
+    InvalidEntry {
+        /// Where the entry was found.
+        key: String,
+        /// Why it was rejected.
+        #[source]
+        source: InstanceError,
+    },
+    /// An argument (instance, option) is not acceptable to this backend.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// This backend does not support the operation.
+    #[error("operation not supported by the {backend} registry: {operation}")]
+    NotSupported {
+        /// The backend's name.
+        backend: &'static str,
+        /// The operation.
+        operation: &'static str,
+    },
+    /// The backend refused the request (authentication, permission).
+    #[error("registry refused the request: {0}")]
+    Refused(String),
+    /// The registration was already stopped.
+    #[error("registration already stopped")]
+    Stopped,
+    /// Anything else the backend reported.
+    #[error("registry error: {0}")]
+    Other(String),
+}
+
+/// How to register an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RegisterOptions {
+    /// How long the registration outlives its last keep-alive (an etcd lease
+    /// TTL, a Consul TTL check). Default [`DEFAULT_TTL`].
+    pub ttl: Duration,
+    /// An HTTP health URL the registry may poll itself (Consul HTTP check).
+    pub health_url: Option<String>,
+}
+
+impl Default for RegisterOptions {
+    fn default() -> Self {
+        Self {
+            ttl: DEFAULT_TTL,
+            health_url: None,
+        }
+    }
+}
+
+impl RegisterOptions {
+    /// Options with the given TTL.
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+    /// Options with an HTTP health URL.
+    pub fn with_health_url(mut self, url: impl Into<String>) -> Self {
+        self.health_url = Some(url.into());
+        self
+    }
+}
+
+/// A service registry: etcd, Consul, a static list, or your own.
+///
+/// Object safe: `Arc<dyn Registry>` is how the client and the server helpers
+/// take one.
+///
+/// ```
+/// use std::sync::Arc;
+/// use async_trait::async_trait;
+/// use fyerrpc::registry::{
+///     RegisterOptions, Registration, Registry, RegistryError, StopMode, WatchStream,
+/// };
+/// use fyerrpc::Instance;
+///
+/// /// A registry that always knows exactly one instance and accepts nothing.
+/// struct One(Instance);
+///
+/// #[async_trait]
+/// impl Registry for One {
+///     async fn register(&self, _: Instance, _: RegisterOptions) -> Result<Registration, RegistryError> {
+///         Err(RegistryError::NotSupported { backend: "one", operation: "register" })
+///     }
+///     async fn deregister(&self, _: &Instance) -> Result<(), RegistryError> {
+///         Err(RegistryError::NotSupported { backend: "one", operation: "deregister" })
+///     }
+///     async fn discover(&self, service: &str, _: Option<&str>) -> Result<Vec<Instance>, RegistryError> {
+///         Ok(if service == self.0.service() { vec![self.0.clone()] } else { vec![] })
+///     }
+///     async fn watch(&self, service: &str, version: Option<&str>) -> Result<WatchStream, RegistryError> {
+///         let set = self.discover(service, version).await?;
+///         // The current set, then nothing ever changes.
+///         Ok(Box::pin(futures_util::stream::iter([Ok(set)]).chain(futures_util::stream::pending())))
+///     }
+/// }
+/// # use futures_util::StreamExt;
+/// let registry: Arc<dyn Registry> = Arc::new(One(Instance::new("a", "S", "127.0.0.1:1").unwrap()));
+/// # let _ = registry;
+/// ```
+#[async_trait]
+pub trait Registry: Send + Sync + 'static {
+    /// Registers `instance` and keeps it registered (lease keep-alive, TTL
+    /// check pass) until the returned handle is shut down. Registering the same
+    /// service and id again replaces the earlier entry.
+    async fn register(
+        &self,
+        instance: Instance,
+        options: RegisterOptions,
+    ) -> Result<Registration, RegistryError>;
+
+    /// Removes an instance, whoever registered it. Removing an unknown instance
+    /// is not an error.
+    async fn deregister(&self, instance: &Instance) -> Result<(), RegistryError>;
+
+    /// The instances of `service` now (of one version, if given). Entries that
+    /// fail to decode are skipped with a warning.
+    async fn discover(
+        &self,
+        service: &str,
+        version: Option<&str>,
+    ) -> Result<Vec<Instance>, RegistryError>;
+
+    /// A stream that yields the current set of instances of `service` first,
+    /// then the whole set after every change.
+    async fn watch(
+        &self,
+        service: &str,
+        version: Option<&str>,
+    ) -> Result<WatchStream, RegistryError>;
+}
+
+/// Sorts a set of instances by (version, id) and drops duplicates of one id,
+/// keeping the last: the canonical order in which registries report sets.
+pub fn canonicalize(mut set: Vec<Instance>) -> Vec<Instance> {
+    set.reverse();
+    set.sort_by(|a, b| (a.version(), a.id()).cmp(&(b.version(), b.id())));
+    set.dedup_by(|a, b| a.id() == b.id() && a.version() == b.version());
+    set
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_order_keeps_the_last_duplicate() {
+        let a1 = Instance::new("a", "S", "h:1").unwrap();
+        let b = Instance::new("b", "S", "h:2").unwrap();
+        let a2 = Instance::new("a", "S", "h:3").unwrap();
+        let set = canonicalize(vec![a1, b.clone(), a2.clone()]);
+        assert_eq!(set, vec![a2, b]);
+    }
+}
