@@ -300,7 +300,9 @@ async fn send(
     core.load.start();
     metrics_attempt_start(core);
     let t0 = Instant::now();
+    let guard = Cancelled(Some(core));
     let result = tokio::time::timeout(timeout, core.channel.clone().oneshot(req)).await;
+    guard.disarm();
     let (outcome, resp) = match result {
         Err(_) => (Outcome::TimedOut, None),
         Ok(Err(e)) => (classify::classify_error(&e), None),
@@ -311,6 +313,25 @@ async fn send(
     };
     record_attempt(shared, at, outcome, t0.elapsed());
     (Some(outcome), resp)
+}
+
+/// Undoes an attempt's start when the caller drops the call mid-attempt:
+/// the load goes back down and a half-open probe slot is given back.
+struct Cancelled<'a>(Option<&'a EndpointCore>);
+
+impl Cancelled<'_> {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Cancelled<'_> {
+    fn drop(&mut self) {
+        if let Some(core) = self.0.take() {
+            core.load.end(Duration::ZERO);
+            core.breaker.release();
+        }
+    }
 }
 
 fn metrics_attempt_start(core: &EndpointCore) {
