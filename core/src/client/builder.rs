@@ -16,7 +16,6 @@ use crate::discovery::Selector;
 use crate::failover::classify::FailureClassifier;
 use crate::failover::{FailoverConfig, FailoverConfigError, RetryBudget};
 use crate::health::HealthCheckConfig;
-use crate::instance::Instance;
 use crate::metrics::ClientCounters;
 use crate::registry::Registry;
 
@@ -66,12 +65,6 @@ pub(crate) struct Config {
     pub max_ejection_ratio: f64,
 }
 
-impl Config {
-    /// Whether an instance passes the configured selector.
-    pub(crate) fn selects(&self, instance: &Instance) -> bool {
-        self.selector.as_ref().is_none_or(|s| s.select(instance))
-    }
-}
 
 /// Builds a [`Client`]. Defaults:
 ///

@@ -41,11 +41,14 @@ pub(crate) fn next_snapshot(shared: &Arc<Shared>, set: Vec<Instance>) -> Snapsho
         .iter()
         .map(|e| (e.core.id.as_str(), &e.core))
         .collect();
+    // Disabled instances take no new traffic (in-flight calls keep their
+    // endpoint until they end); the selector narrows the rest.
+    let mut set: Vec<Instance> = set.into_iter().filter(Instance::is_enabled).collect();
+    if let Some(selector) = &shared.config.selector {
+        set = crate::discovery::apply(&**selector, &set);
+    }
     let mut endpoints = Vec::with_capacity(set.len());
     for inst in set {
-        if !inst.is_enabled() || !shared.config.selects(&inst) {
-            continue;
-        }
         // An instance keeps its core while its id and address stay the same.
         let kept = old
             .remove(inst.id())
