@@ -284,3 +284,27 @@ async fn wait_for(mut cond: impl FnMut() -> bool) {
     }
     panic!("condition not met within 5 s");
 }
+
+#[tokio::test]
+async fn selectors_and_disabled_instances_narrow_the_set() {
+    let servers: Vec<_> = (0..3).map(|_| TestServer::start()).collect();
+    let registry = Arc::new(MemoryRegistry::new());
+    registry.insert(instance("a", &servers[0]).with_metadata("zone", "z1"));
+    registry.insert(instance("b", &servers[1]).with_metadata("zone", "z2"));
+    registry.insert(
+        instance("c", &servers[2])
+            .with_metadata("zone", "z1")
+            .with_status(fyerrpc::Status::Disabled),
+    );
+    let selector = fyerrpc::discovery::parse_selector("zone=z1").unwrap();
+    let client = client(Arc::clone(&registry), |b| b.selector(selector)).await;
+    for _ in 0..20 {
+        check(client.clone()).await.unwrap();
+    }
+    assert_eq!(
+        servers[0].calls(),
+        20,
+        "only the selected, enabled instance"
+    );
+    assert_eq!(servers[1].calls() + servers[2].calls(), 0);
+}

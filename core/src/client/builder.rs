@@ -65,7 +65,6 @@ pub(crate) struct Config {
     pub max_ejection_ratio: f64,
 }
 
-
 /// Builds a [`Client`]. Defaults:
 ///
 /// | setting | default |
