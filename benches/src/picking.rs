@@ -1,0 +1,89 @@
+//! Balancer fixtures: instance sets, request keys, and timed pick loops.
+
+use std::hint::black_box;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use fyerrpc::balance::{self, Balancer, Candidate, PickContext, Picker};
+use fyerrpc::Instance;
+
+/// Instance-set sizes the pick benchmarks run at.
+pub const SIZES: [usize; 3] = [3, 100, 10_000];
+
+/// The method every benchmark pick is for.
+pub const METHOD: &str = "/GreetService/SayHello";
+
+/// Every policy the crate offers, by its flag name.
+pub fn policies() -> Vec<(&'static str, Arc<dyn Balancer>)> {
+    balance::POLICY_NAMES
+        .iter()
+        .filter_map(|name| balance::by_name(name).ok().map(|b| (*name, b)))
+        .collect()
+}
+
+/// The `k`th instance of a set: a distinct id and address per `k`.
+pub fn instance(k: usize, weight: u32) -> Instance {
+    let address = format!("10.{}.{}.{}:50051", k >> 16 & 0xff, k >> 8 & 0xff, k & 0xff);
+    Instance::new(format!("greet-{k}"), "GreetService", address)
+        .and_then(|i| i.with_weight(weight))
+        .unwrap_or_else(|e| panic!("fixture instance {k} is invalid: {e}"))
+}
+
+/// `n` instances of equal weight.
+pub fn candidates(n: usize) -> Vec<Candidate> {
+    (0..n)
+        .map(|k| Candidate::new(Arc::new(instance(k, 1))))
+        .collect()
+}
+
+/// One instance per weight, in order.
+pub fn weighted_candidates(weights: &[u32]) -> Vec<Candidate> {
+    weights
+        .iter()
+        .enumerate()
+        .map(|(k, w)| Candidate::new(Arc::new(instance(k, *w))))
+        .collect()
+}
+
+/// Hashes of `n` distinct request keys (`user-0`, `user-1` ...), as the
+/// client computes them from the hash header.
+pub fn keys(n: usize) -> Vec<u64> {
+    (0..n)
+        .map(|i| balance::hash_key(format!("user-{i}").as_bytes()))
+        .collect()
+}
+
+/// Picks `iters` times, cycling through `keys`, and returns the time taken.
+///
+/// # Panics
+/// When `keys` is empty.
+pub fn pick_loop(picker: &dyn Picker, keys: &[u64], iters: u64) -> Duration {
+    assert!(!keys.is_empty(), "pick_loop needs at least one key");
+    let started = Instant::now();
+    let mut k = 0;
+    for _ in 0..iters {
+        let ctx = PickContext::new(METHOD).with_hash(keys[k]);
+        black_box(picker.pick(black_box(&ctx)));
+        k += 1;
+        if k == keys.len() {
+            k = 0;
+        }
+    }
+    started.elapsed()
+}
+
+/// Two threads pick `iters` times each from the same picker, starting
+/// together; returns the longer of the two threads' times.
+pub fn pick_two_threads(picker: &Arc<dyn Picker>, keys: &[u64], iters: u64) -> Duration {
+    let barrier = Barrier::new(2);
+    std::thread::scope(|s| {
+        let run = || {
+            barrier.wait();
+            pick_loop(&**picker, keys, iters)
+        };
+        let other = s.spawn(run);
+        let mine = run();
+        let theirs = other.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+        mine.max(theirs)
+    })
+}
