@@ -132,6 +132,13 @@ main() {
     fi
     if [[ ! -x "$CACHED_BIN" ]]; then
         mkdir -p "$CACHE"
+        # One fetch at a time; a concurrent run waits and then finds the binary.
+        if command -v flock >/dev/null; then
+            exec 9>"$CACHE/.consul.lock"
+            flock 9
+        fi
+    fi
+    if [[ ! -x "$CACHED_BIN" ]]; then
         fetch_from_debian
         "$CACHED_BIN" version >/dev/null || die "the fetched consul does not run"
     fi

@@ -128,7 +128,9 @@
 //!
 //! The ACL token goes in `X-Consul-Token` on every request; the datacenter
 //! (`?dc=`) applies to health and catalog reads (agent endpoints always act
-//! on the configured agent).
+//! on the configured agent). Consul answers a read the token may not see
+//! with an empty set rather than an error; a write it may not make fails
+//! with [`RegistryError::Refused`](fyerrpc::RegistryError::Refused).
 //!
 //! [`RegisterOptions::ttl`]: fyerrpc::RegisterOptions::ttl
 //! [`RegisterOptions::health_url`]: fyerrpc::RegisterOptions::health_url
