@@ -173,33 +173,16 @@ fn truncated(s: &str) -> String {
 /// why the entry is no instance.
 pub(crate) fn decode(entry: &ServiceEntry) -> Result<(Instance, Vec<Problem>), Problem> {
     let svc = &entry.service;
-    let fail = |what: String| Problem {
+    let problem = |what: String| Problem {
         id: svc.id.clone(),
         what,
     };
-    let host = if svc.address.is_empty() {
-        &entry.node.address
-    } else {
-        &svc.address
-    };
-    if host.is_empty() {
-        return Err(fail("no service or node address; skipped".into()));
-    }
-    let port = u16::try_from(svc.port)
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| fail(format!("port {} is not in 1..=65535; skipped", svc.port)))?;
-    let address = if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
+    let address = address(entry).map_err(|why| problem(format!("{why}; skipped")))?;
     let mut instance = Instance::new(svc.id.as_str(), svc.service.as_str(), address)
-        .map_err(|e| fail(format!("{e}; skipped")))?;
+        .map_err(|e| problem(format!("{e}; skipped")))?;
     let mut problems = Vec::new();
+    let mut ignore = |what: String| problems.push(problem(what));
     let mut meta = svc.meta.clone().unwrap_or_default();
-    let mut ignore = |what: String| problems.push(fail(what));
-
     if let Some(v) = meta.remove(META_VERSION) {
         match instance.clone().with_version(v.as_str()) {
             Ok(i) => instance = i,
@@ -217,21 +200,49 @@ pub(crate) fn decode(entry: &ServiceEntry) -> Result<(Instance, Vec<Problem>), P
         )),
     }
     if !meta.contains_key(METADATA_TAGS) {
-        let tags: Vec<&str> = svc
-            .tags
-            .iter()
-            .flatten()
-            .map(String::as_str)
-            .filter(|t| *t != instance.version())
-            .collect();
+        let tags = foreign_tags(svc, instance.version());
         if !tags.is_empty() {
-            meta.insert(METADATA_TAGS.to_owned(), tags.join(","));
+            meta.insert(METADATA_TAGS.to_owned(), tags);
         }
     }
     for (k, v) in meta {
         instance = instance.with_metadata(k, v);
     }
     Ok((instance, problems))
+}
+
+/// `host:port` of an entry: the service's address, else its node's.
+fn address(entry: &ServiceEntry) -> Result<String, String> {
+    let svc = &entry.service;
+    let host = if svc.address.is_empty() {
+        &entry.node.address
+    } else {
+        &svc.address
+    };
+    if host.is_empty() {
+        return Err("no service or node address".into());
+    }
+    let port = u16::try_from(svc.port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("port {} is not in 1..=65535", svc.port))?;
+    Ok(if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    })
+}
+
+/// The tags of a service, without the version tag, comma separated.
+fn foreign_tags(svc: &Service, version: &str) -> String {
+    let tags: Vec<&str> = svc
+        .tags
+        .iter()
+        .flatten()
+        .map(String::as_str)
+        .filter(|t| *t != version)
+        .collect();
+    tags.join(",")
 }
 
 /// The weight from `Meta.weight`, else from `Weights.Passing` unless those are
