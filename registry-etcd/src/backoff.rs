@@ -54,7 +54,10 @@ mod tests {
         assert!(delays.iter().all(|d| *d <= MAX));
         assert!(delays[9] >= MAX / 2);
         b.session_ended(Duration::from_millis(10));
-        assert!(b.next_delay() >= MAX / 2, "a short session keeps backing off");
+        assert!(
+            b.next_delay() >= MAX / 2,
+            "a short session keeps backing off"
+        );
         b.session_ended(STABLE);
         assert!(b.next_delay() <= INITIAL);
     }

@@ -217,7 +217,9 @@ impl EtcdConfig {
             ("keep-alive interval", self.keep_alive_interval),
         ];
         match zero.iter().find(|(_, d)| d.is_zero()) {
-            Some((what, _)) => Err(EtcdError::InvalidConfig(format!("the {what} must be positive"))),
+            Some((what, _)) => Err(EtcdError::InvalidConfig(format!(
+                "the {what} must be positive"
+            ))),
             None => Ok(()),
         }
     }
@@ -233,7 +235,9 @@ impl EtcdConfig {
         };
         match (scheme, self.tls.is_some()) {
             (Some("http"), true) => return Err(invalid("TLS needs an https:// endpoint")),
-            (Some("https"), false) => return Err(invalid("an https:// endpoint needs TLS settings")),
+            (Some("https"), false) => {
+                return Err(invalid("an https:// endpoint needs TLS settings"))
+            }
             (None | Some("http" | "https"), _) => {}
             (Some(_), _) => return Err(invalid("the scheme must be http or https")),
         }
@@ -277,15 +281,28 @@ mod tests {
 
     #[test]
     fn parses_endpoint_lists() {
-        let c = EtcdConfig::from_endpoints(" http://a:2379, ,127.0.0.1:2380,http://[::1]:1/ ").unwrap();
-        assert_eq!(c.endpoints, ["http://a:2379", "127.0.0.1:2380", "http://[::1]:1/"]);
+        let c =
+            EtcdConfig::from_endpoints(" http://a:2379, ,127.0.0.1:2380,http://[::1]:1/ ").unwrap();
+        assert_eq!(
+            c.endpoints,
+            ["http://a:2379", "127.0.0.1:2380", "http://[::1]:1/"]
+        );
         assert_eq!(c.client_endpoints()[2], "http://[::1]:1");
         assert_eq!(c.prefix, DEFAULT_PREFIX);
     }
 
     #[test]
     fn rejects_bad_endpoints() {
-        for bad in ["", " , ", "http://", "http://a", "ftp://a:1", "a:0", "a b:1", "https://a:1"] {
+        for bad in [
+            "",
+            " , ",
+            "http://",
+            "http://a",
+            "ftp://a:1",
+            "a:0",
+            "a b:1",
+            "https://a:1",
+        ] {
             assert!(EtcdConfig::from_endpoints(bad).is_err(), "{bad:?}");
         }
         let tls = EtcdConfig::new(["http://a:1"]).with_tls(TlsConfig::default());
@@ -309,12 +326,18 @@ mod tests {
     fn reports_missing_tls_files() {
         let tls = TlsConfig::default().with_ca_file("/nonexistent/ca.pem");
         let c = EtcdConfig::new(["https://a:1"]).with_tls(tls);
-        assert!(matches!(c.connect_options(), Err(EtcdError::ReadFile { .. })));
+        assert!(matches!(
+            c.connect_options(),
+            Err(EtcdError::ReadFile { .. })
+        ));
         let half = TlsConfig {
             cert_file: Some("c.pem".into()),
             ..TlsConfig::default()
         };
         let c = EtcdConfig::new(["https://a:1"]).with_tls(half);
-        assert!(matches!(c.connect_options(), Err(EtcdError::InvalidConfig(_))));
+        assert!(matches!(
+            c.connect_options(),
+            Err(EtcdError::InvalidConfig(_))
+        ));
     }
 }

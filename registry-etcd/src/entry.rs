@@ -33,9 +33,15 @@ mod tests {
         let inst = Instance::new("a", "S", "127.0.0.1:1").unwrap();
         let key = instance_key(DEFAULT_PREFIX, &inst);
         let json = inst.to_json();
-        assert_eq!(decode(DEFAULT_PREFIX, key.as_bytes(), json.as_bytes()), Some(inst));
+        assert_eq!(
+            decode(DEFAULT_PREFIX, key.as_bytes(), json.as_bytes()),
+            Some(inst)
+        );
         assert_eq!(decode(DEFAULT_PREFIX, key.as_bytes(), b"garbage"), None);
-        assert_eq!(decode(DEFAULT_PREFIX, b"/fyerrpc/services/S/v1/b", json.as_bytes()), None);
+        assert_eq!(
+            decode(DEFAULT_PREFIX, b"/fyerrpc/services/S/v1/b", json.as_bytes()),
+            None
+        );
         assert_eq!(decode(DEFAULT_PREFIX, b"\xff", json.as_bytes()), None);
     }
 }

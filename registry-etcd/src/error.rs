@@ -63,22 +63,57 @@ pub(crate) fn registry_error(e: ClientError) -> RegistryError {
     }
 }
 
-/// Runs one etcd request with a deadline, mapping its errors.
-pub(crate) async fn call<T>(
-    timeout: Duration,
-    request: impl Future<Output = Result<T, ClientError>>,
-) -> Result<T, RegistryError> {
-    deadline(timeout, request).await?.map_err(registry_error)
+/// Shortest pause between two attempts of one request.
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
+/// Longest pause between two attempts of one request.
+const MAX_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// Whether the request failed because no member could serve it (connection
+/// refused or broken, no leader, leader changed), so that another attempt may
+/// reach a member that can.
+pub(crate) fn is_unavailable(e: &ClientError) -> bool {
+    match e {
+        ClientError::TransportError(_) | ClientError::IoError(_) => true,
+        ClientError::GRpcStatus(status) => status.code() == Code::Unavailable,
+        _ => false,
+    }
 }
 
-/// Runs one etcd request with a deadline, leaving its own errors to the caller.
-pub(crate) async fn deadline<T>(
+/// Runs one etcd request, made by `attempt`, until it succeeds, fails for
+/// another reason than [availability](is_unavailable), or `timeout` passes.
+///
+/// The client balances requests over all endpoints and keeps sending some to
+/// a member that is down, so a request that found no member able to serve it
+/// is sent again (every request this crate makes may be repeated safely).
+pub(crate) async fn call<T, Fut>(
     timeout: Duration,
-    request: impl Future<Output = Result<T, ClientError>>,
-) -> Result<Result<T, ClientError>, RegistryError> {
-    tokio::time::timeout(timeout, request)
-        .await
-        .map_err(|_| RegistryError::Unavailable(format!("etcd did not answer within {timeout:?}")))
+    mut attempt: impl FnMut() -> Fut,
+) -> Result<T, RegistryError>
+where
+    Fut: Future<Output = Result<T, ClientError>>,
+{
+    let mut last = None;
+    let attempts = async {
+        let mut pause = RETRY_PAUSE;
+        loop {
+            match attempt().await {
+                Err(e) if is_unavailable(&e) => {
+                    tracing::trace!(error = %e, "etcd request failed; retrying");
+                    last = Some(e);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_RETRY_PAUSE);
+                }
+                result => return result,
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, attempts).await {
+        Ok(result) => result.map_err(registry_error),
+        Err(_) => Err(match last {
+            Some(e) => registry_error(e),
+            None => RegistryError::Unavailable(format!("etcd did not answer within {timeout:?}")),
+        }),
+    }
 }
 
 /// Whether etcd answered "not found" (an expired or revoked lease).
@@ -94,7 +129,9 @@ mod tests {
     fn maps_status_codes() {
         let e = registry_error(ClientError::GRpcStatus(tonic::Status::unavailable("down")));
         assert!(matches!(e, RegistryError::Unavailable(_)));
-        let e = registry_error(ClientError::GRpcStatus(tonic::Status::permission_denied("no")));
+        let e = registry_error(ClientError::GRpcStatus(tonic::Status::permission_denied(
+            "no",
+        )));
         assert!(matches!(e, RegistryError::Refused(_)));
         let e = registry_error(ClientError::InvalidArgs("x".into()));
         assert!(matches!(e, RegistryError::InvalidArgument(_)));
@@ -102,8 +139,44 @@ mod tests {
 
     #[tokio::test]
     async fn times_out() {
-        let never = std::future::pending::<Result<(), ClientError>>();
+        let never = std::future::pending::<Result<(), ClientError>>;
         let e = call(Duration::from_millis(10), never).await.unwrap_err();
         assert!(matches!(e, RegistryError::Unavailable(_)));
+    }
+
+    #[tokio::test]
+    async fn retries_while_unavailable_only() {
+        let mut n = 0;
+        let r = call(Duration::from_secs(5), || {
+            n += 1;
+            let result = if n < 3 {
+                Err(ClientError::GRpcStatus(tonic::Status::unavailable("down")))
+            } else {
+                Ok(n)
+            };
+            std::future::ready(result)
+        })
+        .await;
+        assert_eq!(r.unwrap(), 3);
+
+        let mut n = 0;
+        let r: Result<(), _> = call(Duration::from_secs(5), || {
+            n += 1;
+            std::future::ready(Err(ClientError::InvalidArgs("no".into())))
+        })
+        .await;
+        assert!(matches!(r, Err(RegistryError::InvalidArgument(_))));
+        assert_eq!(n, 1, "no retry for other errors");
+    }
+
+    #[tokio::test]
+    async fn reports_the_last_error_on_timeout() {
+        let r: Result<(), _> = call(Duration::from_millis(100), || {
+            std::future::ready(Err(ClientError::GRpcStatus(tonic::Status::unavailable(
+                "gone",
+            ))))
+        })
+        .await;
+        assert!(matches!(r, Err(RegistryError::Unavailable(m)) if m.contains("gone")));
     }
 }

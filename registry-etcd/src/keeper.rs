@@ -19,7 +19,7 @@ use fyerrpc::{Instance, RegistryError};
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
-use crate::error::{call, deadline, is_not_found, registry_error};
+use crate::error::{call, is_not_found, registry_error};
 use crate::metrics;
 
 /// Shortest keep-alive period, whatever the TTL.
@@ -76,8 +76,11 @@ impl Keeper {
 
     /// Grants a lease and writes the instance under it.
     pub(crate) async fn register(&self) -> Result<Lease, RegistryError> {
-        let mut leases = self.client.lease_client();
-        let granted = call(self.timeout, leases.grant(self.ttl_secs, None)).await?;
+        let granted = call(self.timeout, || {
+            let mut leases = self.client.lease_client();
+            async move { leases.grant(self.ttl_secs, None).await }
+        })
+        .await?;
         let ttl = u64::try_from(granted.ttl()).unwrap_or(0).max(1);
         let lease = Lease {
             id: granted.id(),
@@ -115,21 +118,25 @@ impl Keeper {
 
     /// Writes the key under `lease`.
     async fn put(&self, lease: Lease) -> Result<(), RegistryError> {
-        let mut kv = self.client.kv_client();
-        let options = PutOptions::new().with_lease(lease.id);
-        call(
-            self.timeout,
-            kv.put(self.key.as_str(), self.value.as_str(), Some(options)),
-        )
+        call(self.timeout, || {
+            let mut kv = self.client.kv_client();
+            let options = PutOptions::new().with_lease(lease.id);
+            async move {
+                kv.put(self.key.as_str(), self.value.as_str(), Some(options))
+                    .await
+            }
+        })
         .await
         .map(drop)
     }
 
     /// Renews `lease` every period until something goes wrong; returns what.
     async fn keep_alive(&self, lease: Lease) -> RegistryError {
-        let mut leases = self.client.lease_client();
-        let (mut sender, mut answers) = match call(self.timeout, leases.keep_alive(lease.id)).await
-        {
+        let started = call(self.timeout, || {
+            let mut leases = self.client.lease_client();
+            async move { leases.keep_alive(lease.id).await }
+        });
+        let (mut sender, mut answers) = match started.await {
             Ok(pair) => pair,
             Err(e) => return e,
         };
@@ -176,8 +183,11 @@ impl Keeper {
     }
 
     async fn try_recover(&self, old: Lease) -> Result<Lease, RegistryError> {
-        let mut leases = self.client.lease_client();
-        let remaining = call(self.timeout, leases.time_to_live(old.id, None)).await?;
+        let remaining = call(self.timeout, || {
+            let mut leases = self.client.lease_client();
+            async move { leases.time_to_live(old.id, None).await }
+        })
+        .await?;
         if remaining.ttl() > 0 {
             self.put(old).await?;
             tracing::info!(instance = %self.instance, lease = old.id,
@@ -211,19 +221,32 @@ impl Keeper {
     /// Deletes the key unless a later registration of the same instance
     /// (under another lease) replaced it.
     async fn delete_if_ours(&self, lease: Lease) -> Result<(), RegistryError> {
-        let mut kv = self.client.kv_client();
-        let txn = Txn::new()
-            .when([Compare::lease(self.key.as_str(), CompareOp::Equal, lease.id)])
-            .and_then([TxnOp::delete(self.key.as_str(), None)]);
-        call(self.timeout, kv.txn(txn)).await.map(drop)
+        call(self.timeout, || {
+            let mut kv = self.client.kv_client();
+            let txn = Txn::new()
+                .when([Compare::lease(
+                    self.key.as_str(),
+                    CompareOp::Equal,
+                    lease.id,
+                )])
+                .and_then([TxnOp::delete(self.key.as_str(), None)]);
+            async move { kv.txn(txn).await }
+        })
+        .await
+        .map(drop)
     }
 
     /// Revokes the lease; one that already expired is fine.
     async fn revoke(&self, lease: Lease) -> Result<(), RegistryError> {
-        let mut leases = self.client.lease_client();
-        match deadline(self.timeout, leases.revoke(lease.id)).await? {
-            Err(e) if !is_not_found(&e) => Err(registry_error(e)),
-            _ => Ok(()),
-        }
+        call(self.timeout, || {
+            let mut leases = self.client.lease_client();
+            async move {
+                match leases.revoke(lease.id).await {
+                    Err(e) if is_not_found(&e) => Ok(()),
+                    other => other.map(drop),
+                }
+            }
+        })
+        .await
     }
 }

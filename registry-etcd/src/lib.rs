@@ -151,7 +151,7 @@ impl EtcdRegistry {
             endpoints: endpoints.join(","),
             source,
         };
-        let connecting = Client::connect(&endpoints, Some(options));
+        let connecting = || Client::connect(&endpoints, Some(options.clone()));
         let client = call(config.connect_timeout + config.request_timeout, connecting)
             .await
             .map_err(failed)?;
@@ -180,11 +180,13 @@ impl EtcdRegistry {
     }
 
     async fn probe(&self) -> Result<(), RegistryError> {
-        let mut kv = self.client.kv_client();
-        let options = GetOptions::new().with_prefix().with_count_only();
-        call(self.timeout, kv.get(&*self.prefix, Some(options)))
-            .await
-            .map(drop)
+        call(self.timeout, || {
+            let mut kv = self.client.kv_client();
+            let options = GetOptions::new().with_prefix().with_count_only();
+            async move { kv.get(&*self.prefix, Some(options)).await }
+        })
+        .await
+        .map(drop)
     }
 
     fn watcher(&self, service: &str, version: Option<&str>) -> Watcher {
@@ -223,9 +225,14 @@ impl Registry for EtcdRegistry {
     }
 
     async fn deregister(&self, instance: &Instance) -> Result<(), RegistryError> {
-        let mut kv = self.client.kv_client();
         let key = instance_key(&self.prefix, instance);
-        call(self.timeout, kv.delete(key, None)).await.map(drop)
+        let key = key.as_str();
+        call(self.timeout, || {
+            let mut kv = self.client.kv_client();
+            async move { kv.delete(key, None).await }
+        })
+        .await
+        .map(drop)
     }
 
     async fn discover(

@@ -29,8 +29,11 @@ impl Snapshot {
         range: &str,
         timeout: Duration,
     ) -> Result<Self, RegistryError> {
-        let mut kv = client.kv_client();
-        let response = call(timeout, kv.get(range, Some(GetOptions::new().with_prefix()))).await?;
+        let response = call(timeout, || {
+            let mut kv = client.kv_client();
+            async move { kv.get(range, Some(GetOptions::new().with_prefix())).await }
+        })
+        .await?;
         let revision = response.header().map_or(0, |h| h.revision());
         let entries = response
             .kvs()

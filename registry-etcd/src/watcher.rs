@@ -54,12 +54,15 @@ impl Watcher {
     /// Feeds `tx` until its receiver is dropped, starting from `first`.
     pub(crate) async fn run(self, first: Snapshot, tx: Tx) {
         let mut backoff = Backoff::default();
-        let mut last = None;
+        let mut out = Output {
+            tx,
+            last: None,
+            failing: false,
+        };
         let mut snapshot = Some(first);
         loop {
             let started = Instant::now();
-            let end = self.session(snapshot.take(), &tx, &mut last).await;
-            match end {
+            match self.session(snapshot.take(), &mut out).await {
                 End::Closed => return,
                 End::Compacted(revision) => {
                     metrics::watch_restarted();
@@ -67,18 +70,20 @@ impl Watcher {
                         "watched revision was compacted; reading the range again");
                 }
                 End::Failed(error) => {
-                    metrics::watch_restarted();
                     backoff.session_ended(started.elapsed());
-                    tracing::warn!(range = %self.range, %error,
-                        "etcd watch interrupted; will read the range again");
-                    // After an error the next set is always sent, changed or not.
-                    last = None;
-                    if tx.send(Err(error)).await.is_err() {
+                    if out.failing {
+                        tracing::debug!(range = %self.range, %error, "etcd watch still failing");
+                    } else {
+                        metrics::watch_restarted();
+                        tracing::warn!(range = %self.range, %error,
+                            "etcd watch interrupted; reading the range again");
+                    }
+                    if out.fail(error).await.is_err() {
                         return;
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff.next_delay()) => {}
-                        _ = tx.closed() => return,
+                        _ = out.tx.closed() => return,
                     }
                 }
             }
@@ -86,12 +91,7 @@ impl Watcher {
     }
 
     /// One read (unless given) and one watch, until the watch ends.
-    async fn session(
-        &self,
-        snapshot: Option<Snapshot>,
-        tx: &Tx,
-        last: &mut Option<Vec<Instance>>,
-    ) -> End {
+    async fn session(&self, snapshot: Option<Snapshot>, out: &mut Output) -> End {
         let mut snapshot = match snapshot {
             Some(s) => s,
             None => match self.read().await {
@@ -99,27 +99,35 @@ impl Watcher {
                 Err(e) => return End::Failed(e),
             },
         };
-        if send_if_changed(tx, snapshot.instances(), last).await.is_err() {
-            return End::Closed;
-        }
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(snapshot.revision() + 1);
-        let mut watches = self.client.watch_client();
+        let started = call(self.timeout, || {
+            let mut watches = self.client.watch_client();
+            let options = options.clone();
+            async move { watches.watch(self.range.as_str(), Some(options)).await }
+        });
         // The request half must live as long as the watch.
-        let (_requests, mut responses) =
-            match call(self.timeout, watches.watch(self.range.as_str(), Some(options))).await {
-                Ok(stream) => stream.split(),
-                Err(e) => return End::Failed(e),
-            };
+        let (_requests, mut responses) = match started.await {
+            Ok(stream) => stream.split(),
+            Err(e) => return End::Failed(e),
+        };
+        if out.failing {
+            tracing::info!(range = %self.range, "etcd watch restored");
+        }
+        if out.send(snapshot.instances()).await.is_err() {
+            return End::Closed;
+        }
         loop {
             let response = tokio::select! {
                 r = responses.message() => r,
-                _ = tx.closed() => return End::Closed,
+                _ = out.tx.closed() => return End::Closed,
             };
             let response = match response {
                 Ok(Some(r)) => r,
-                Ok(None) => return End::Failed(RegistryError::Unavailable("etcd ended the watch".into())),
+                Ok(None) => {
+                    return End::Failed(RegistryError::Unavailable("etcd ended the watch".into()))
+                }
                 Err(e) => return End::Failed(registry_error(e)),
             };
             if response.compact_revision() > 0 {
@@ -132,22 +140,38 @@ impl Watcher {
                 )));
             }
             snapshot.apply(response.events());
-            if send_if_changed(tx, snapshot.instances(), last).await.is_err() {
+            if out.send(snapshot.instances()).await.is_err() {
                 return End::Closed;
             }
         }
     }
 }
 
-/// Sends `set` unless it is the one sent last.
-async fn send_if_changed(
-    tx: &Tx,
-    set: Vec<Instance>,
-    last: &mut Option<Vec<Instance>>,
-) -> Result<(), ()> {
-    if last.as_ref() == Some(&set) {
-        return Ok(());
+/// The receiving end of a watch, and what it was last told.
+struct Output {
+    tx: Tx,
+    /// The set sent last, if no error came after it.
+    last: Option<Vec<Instance>>,
+    /// Whether the last thing sent was an error.
+    failing: bool,
+}
+
+impl Output {
+    /// Sends `set` unless it is the one sent last. `Err` when the receiver is
+    /// gone.
+    async fn send(&mut self, set: Vec<Instance>) -> Result<(), ()> {
+        self.failing = false;
+        if self.last.as_ref() == Some(&set) {
+            return Ok(());
+        }
+        self.last = Some(set.clone());
+        self.tx.send(Ok(set)).await.map_err(drop)
     }
-    *last = Some(set.clone());
-    tx.send(Ok(set)).await.map_err(drop)
+
+    /// Sends an error; the next set is then sent even if unchanged.
+    async fn fail(&mut self, error: RegistryError) -> Result<(), ()> {
+        self.failing = true;
+        self.last = None;
+        self.tx.send(Err(error)).await.map_err(drop)
+    }
 }

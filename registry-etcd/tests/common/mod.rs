@@ -24,7 +24,11 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn etcd_binary() -> PathBuf {
     if let Some(bin) = std::env::var_os("FYERRPC_ETCD_BIN") {
         let bin = PathBuf::from(bin);
-        assert!(bin.is_file(), "FYERRPC_ETCD_BIN={} is not a file", bin.display());
+        assert!(
+            bin.is_file(),
+            "FYERRPC_ETCD_BIN={} is not a file",
+            bin.display()
+        );
         return bin;
     }
     let on_path = std::env::var_os("PATH")
@@ -123,7 +127,14 @@ impl EtcdServer {
             .args(["--initial-cluster-token", &self.token])
             // Fast elections keep the cluster tests short.
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .args(["--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn"])
+            .args([
+                "--logger",
+                "zap",
+                "--log-outputs",
+                "stderr",
+                "--log-level",
+                "warn",
+            ])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
@@ -138,7 +149,11 @@ impl EtcdServer {
         while Instant::now() < deadline {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!("etcd {} exited with {status}:\n{}", self.name, self.log_tail());
+                    panic!(
+                        "etcd {} exited with {status}:\n{}",
+                        self.name,
+                        self.log_tail()
+                    );
                 }
             }
             if self.healthy() {
@@ -146,7 +161,11 @@ impl EtcdServer {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("etcd {} not healthy within {START_TIMEOUT:?}:\n{}", self.name, self.log_tail());
+        panic!(
+            "etcd {} not healthy within {START_TIMEOUT:?}:\n{}",
+            self.name,
+            self.log_tail()
+        );
     }
 
     fn healthy(&self) -> bool {
@@ -219,7 +238,9 @@ impl EtcdCluster {
         let mut members: Vec<EtcdServer> = names
             .into_iter()
             .zip(ports)
-            .map(|(name, ports)| EtcdServer::new(name, initial_cluster.clone(), token.clone(), ports))
+            .map(|(name, ports)| {
+                EtcdServer::new(name, initial_cluster.clone(), token.clone(), ports)
+            })
             .collect();
         members.iter_mut().for_each(EtcdServer::spawn);
         members.iter_mut().for_each(EtcdServer::wait_ready);
@@ -254,7 +275,9 @@ pub async fn connect(endpoints: &str) -> EtcdRegistry {
         .with_connect_timeout(Duration::from_secs(1))
         .with_request_timeout(Duration::from_secs(2))
         .with_keep_alive_interval(Duration::from_secs(1));
-    EtcdRegistry::connect(config).await.expect("connect to etcd")
+    EtcdRegistry::connect(config)
+        .await
+        .expect("connect to etcd")
 }
 
 /// Writes entries that are not valid instances under `service`: a value that
@@ -310,7 +333,12 @@ pub async fn watch_until(watch: &mut WatchStream, want: &[&str], within: Duratio
 }
 
 /// Polls `discover` until it returns exactly `want`; panics after `within`.
-pub async fn discover_until(registry: &dyn Registry, service: &str, want: &[&str], within: Duration) {
+pub async fn discover_until(
+    registry: &dyn Registry,
+    service: &str,
+    want: &[&str],
+    within: Duration,
+) {
     let deadline = Instant::now() + within;
     let mut last = None;
     while Instant::now() < deadline {
