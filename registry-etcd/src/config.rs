@@ -43,6 +43,7 @@ pub struct EtcdConfig {
     /// Password of [`user`](Self::user).
     pub password: Option<String>,
     /// TLS settings; endpoints must then use `https://` (or no scheme).
+    /// `https://` endpoints without TLS settings trust the system's CAs.
     pub tls: Option<TlsConfig>,
     /// Time allowed to open a connection to a member.
     pub connect_timeout: Duration,
@@ -58,7 +59,8 @@ pub struct EtcdConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TlsConfig {
-    /// PEM file of the CA that signed the members' certificates.
+    /// PEM file of the CA that signed the members' certificates; without
+    /// one, the system's trusted CAs are used.
     pub ca_file: Option<PathBuf>,
     /// PEM client certificate (with [`key_file`](Self::key_file)) for mutual TLS.
     pub cert_file: Option<PathBuf>,
@@ -95,10 +97,10 @@ impl TlsConfig {
 
     /// Reads the files into the client's TLS options.
     fn load(&self) -> Result<TlsOptions, EtcdError> {
-        let mut tls = TlsOptions::new();
-        if let Some(ca) = &self.ca_file {
-            tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
-        }
+        let mut tls = match &self.ca_file {
+            Some(ca) => TlsOptions::new().ca_certificate(Certificate::from_pem(read(ca)?)),
+            None => TlsOptions::new().with_native_roots(),
+        };
         match (&self.cert_file, &self.key_file) {
             (Some(cert), Some(key)) => {
                 tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
@@ -115,6 +117,22 @@ impl TlsConfig {
         }
         Ok(tls)
     }
+}
+
+/// Checks one endpoint, `[http[s]://]host:port[/]`; returns its scheme.
+fn parse_endpoint(endpoint: &str) -> Result<Option<&str>, EtcdError> {
+    let invalid = |reason: &str| EtcdError::InvalidEndpoint {
+        endpoint: endpoint.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let (scheme, rest) = match endpoint.split_once("://") {
+        Some((scheme @ ("http" | "https"), rest)) => (Some(scheme), rest),
+        Some(_) => return Err(invalid("the scheme must be http or https")),
+        None => (None, endpoint),
+    };
+    split_host_port(rest.trim_end_matches('/'))
+        .map(|_| scheme)
+        .ok_or_else(|| invalid("expected host:port"))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, EtcdError> {
@@ -150,9 +168,13 @@ impl EtcdConfig {
             .map(str::trim)
             .filter(|e| !e.is_empty())
             .collect();
-        let config = Self::new(endpoints);
-        config.validate()?;
-        Ok(config)
+        if endpoints.is_empty() {
+            return Err(EtcdError::InvalidConfig("no etcd endpoint given".into()));
+        }
+        for endpoint in &endpoints {
+            parse_endpoint(endpoint)?;
+        }
+        Ok(Self::new(endpoints))
     }
 
     /// Sets the key prefix.
@@ -197,8 +219,16 @@ impl EtcdConfig {
         if self.endpoints.is_empty() {
             return Err(EtcdError::InvalidConfig("no etcd endpoint given".into()));
         }
-        for endpoint in &self.endpoints {
-            self.validate_endpoint(endpoint)?;
+        let tls = self.uses_tls()?;
+        if let Some(plain) = self
+            .endpoints
+            .iter()
+            .find(|e| e.starts_with("http://") && tls)
+        {
+            return Err(EtcdError::InvalidEndpoint {
+                endpoint: plain.clone(),
+                reason: "TLS is on: use https:// for every endpoint".into(),
+            });
         }
         if !self.prefix.starts_with('/') {
             return Err(EtcdError::InvalidConfig(format!(
@@ -224,26 +254,14 @@ impl EtcdConfig {
         }
     }
 
-    fn validate_endpoint(&self, endpoint: &str) -> Result<(), EtcdError> {
-        let invalid = |reason: &str| EtcdError::InvalidEndpoint {
-            endpoint: endpoint.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let (scheme, rest) = match endpoint.split_once("://") {
-            Some((scheme, rest)) => (Some(scheme), rest),
-            None => (None, endpoint),
-        };
-        match (scheme, self.tls.is_some()) {
-            (Some("http"), true) => return Err(invalid("TLS needs an https:// endpoint")),
-            (Some("https"), false) => {
-                return Err(invalid("an https:// endpoint needs TLS settings"))
-            }
-            (None | Some("http" | "https"), _) => {}
-            (Some(_), _) => return Err(invalid("the scheme must be http or https")),
+    /// Whether the client talks TLS: TLS settings are given or an endpoint
+    /// is `https://`.
+    fn uses_tls(&self) -> Result<bool, EtcdError> {
+        let mut https = false;
+        for endpoint in &self.endpoints {
+            https |= parse_endpoint(endpoint)? == Some("https");
         }
-        split_host_port(rest.trim_end_matches('/'))
-            .map(|_| ())
-            .ok_or_else(|| invalid("expected host:port"))
+        Ok(https || self.tls.is_some())
     }
 
     /// The etcd client options this configuration stands for.
@@ -260,7 +278,8 @@ impl EtcdConfig {
                 .with_user(user.clone(), password.clone())
                 .with_auto_token_refresh(true);
         }
-        if let Some(tls) = &self.tls {
+        if self.uses_tls()? {
+            let tls = self.tls.clone().unwrap_or_default();
             options = options.with_tls(tls.load()?);
         }
         Ok(options)
@@ -301,14 +320,18 @@ mod tests {
             "ftp://a:1",
             "a:0",
             "a b:1",
-            "https://a:1",
         ] {
             assert!(EtcdConfig::from_endpoints(bad).is_err(), "{bad:?}");
         }
         let tls = EtcdConfig::new(["http://a:1"]).with_tls(TlsConfig::default());
         assert!(tls.validate().is_err(), "TLS over http://");
-        let tls = EtcdConfig::new(["https://a:1"]).with_tls(TlsConfig::default());
+        let mixed = EtcdConfig::new(["https://a:1", "http://b:1"]);
+        assert!(mixed.validate().is_err(), "https:// and http:// mixed");
+        let tls = EtcdConfig::new(["https://a:1", "b:1"]).with_tls(TlsConfig::default());
         assert!(tls.validate().is_ok());
+        let system_roots = EtcdConfig::from_endpoints("https://a:1").unwrap();
+        assert!(system_roots.validate().is_ok());
+        assert!(system_roots.connect_options().is_ok());
     }
 
     #[test]

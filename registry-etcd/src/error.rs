@@ -46,10 +46,10 @@ pub enum EtcdError {
 /// Maps an etcd client error onto a registry error.
 pub(crate) fn registry_error(e: ClientError) -> RegistryError {
     match e {
+        ClientError::GRpcStatus(status) if is_refusal(&status) => {
+            RegistryError::Refused(status.message().to_owned())
+        }
         ClientError::GRpcStatus(status) => match status.code() {
-            Code::Unauthenticated | Code::PermissionDenied => {
-                RegistryError::Refused(status.message().to_owned())
-            }
             Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
                 RegistryError::InvalidArgument(status.message().to_owned())
             }
@@ -60,6 +60,22 @@ pub(crate) fn registry_error(e: ClientError) -> RegistryError {
         }
         ClientError::InvalidArgs(msg) => RegistryError::InvalidArgument(msg),
         other => RegistryError::Other(format!("etcd: {other}")),
+    }
+}
+
+/// Whether etcd refused the request for authentication or permission. etcd
+/// reports some of these (bad password, unknown user) as invalid arguments or
+/// failed preconditions, told apart by their message.
+fn is_refusal(status: &tonic::Status) -> bool {
+    match status.code() {
+        Code::Unauthenticated | Code::PermissionDenied => true,
+        Code::InvalidArgument | Code::FailedPrecondition => {
+            let message = status.message();
+            ["authentication", "user name", "auth token"]
+                .iter()
+                .any(|m| message.contains(m))
+        }
+        _ => false,
     }
 }
 
@@ -132,6 +148,11 @@ mod tests {
         let e = registry_error(ClientError::GRpcStatus(tonic::Status::permission_denied(
             "no",
         )));
+        assert!(matches!(e, RegistryError::Refused(_)));
+        let bad_password = tonic::Status::invalid_argument(
+            "etcdserver: authentication failed, invalid user ID or password",
+        );
+        let e = registry_error(ClientError::GRpcStatus(bad_password));
         assert!(matches!(e, RegistryError::Refused(_)));
         let e = registry_error(ClientError::InvalidArgs("x".into()));
         assert!(matches!(e, RegistryError::InvalidArgument(_)));

@@ -69,9 +69,18 @@
 //!
 //! ## Clusters, authentication, TLS
 //!
-//! [`EtcdConfig`] takes every member's client URL (requests are balanced over
-//! them and move away from a dead member), a user and password, and TLS files
-//! ([`TlsConfig`]).
+//! [`EtcdConfig`] takes every member's client URL; requests are balanced over
+//! them, and a request that reached no member able to serve it (member down,
+//! leader election) is sent again until the request timeout, so a cluster
+//! keeps serving while one member is down. It also takes a user and password
+//! (a user whose role may only read and write `{prefix}/` is enough) and TLS
+//! files ([`TlsConfig`]: CA, client certificate for mutual TLS, server name);
+//! `https://` endpoints without TLS files trust the system's CAs.
+//!
+//! ## Metrics
+//!
+//! Counters in [`metrics`], labelled `backend="etcd"`: re-registrations,
+//! invalid entries skipped, watch restarts.
 //!
 //! ## Building and testing
 //!
@@ -142,7 +151,9 @@ impl std::fmt::Debug for EtcdRegistry {
 
 impl EtcdRegistry {
     /// Connects to the cluster and checks that it answers (one read of the
-    /// prefix), so that a wrong address or password fails here.
+    /// prefix), so that a wrong address, password or certificate fails here
+    /// rather than at the first registration. Once connected, the registry
+    /// rides out etcd outages by itself.
     pub async fn connect(config: EtcdConfig) -> Result<Self, EtcdError> {
         config.validate()?;
         let options = config.connect_options()?;
@@ -180,10 +191,13 @@ impl EtcdRegistry {
     }
 
     async fn probe(&self) -> Result<(), RegistryError> {
+        // `{prefix}/`: the range a user limited to the registry may read.
+        let root = format!("{}/", self.prefix.trim_end_matches('/'));
+        let root = &root;
         call(self.timeout, || {
             let mut kv = self.client.kv_client();
             let options = GetOptions::new().with_prefix().with_count_only();
-            async move { kv.get(&*self.prefix, Some(options)).await }
+            async move { kv.get(root.as_str(), Some(options)).await }
         })
         .await
         .map(drop)

@@ -56,6 +56,15 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// PEM files for an etcd member that serves clients over TLS and requires
+/// client certificates signed by `ca`.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// One etcd member: its process, ports and data dir. Killed on drop.
 pub struct EtcdServer {
     bin: PathBuf,
@@ -67,6 +76,7 @@ pub struct EtcdServer {
     /// Holds the data dirs (one per generation) and the log.
     root: TempDir,
     generation: u32,
+    tls: Option<ServerTls>,
     child: Option<Child>,
 }
 
@@ -74,6 +84,17 @@ impl EtcdServer {
     /// A single-member etcd, started and healthy.
     pub fn start() -> Self {
         EtcdCluster::start(1).members.remove(0)
+    }
+
+    /// A single-member etcd serving clients over TLS, started.
+    pub fn start_tls(tls: ServerTls) -> Self {
+        let (client, peer) = (free_port(), free_port());
+        let cluster = format!("m0=http://127.0.0.1:{peer}");
+        let mut server = Self::new("m0".into(), cluster, "fyerrpc-tls".into(), (client, peer));
+        server.tls = Some(tls);
+        server.spawn();
+        server.wait_ready();
+        server
     }
 
     fn new(name: String, initial_cluster: String, token: String, ports: (u16, u16)) -> Self {
@@ -89,13 +110,15 @@ impl EtcdServer {
                 .tempdir()
                 .expect("temp dir"),
             generation: 0,
+            tls: None,
             child: None,
         }
     }
 
     /// The client URL.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -113,7 +136,18 @@ impl EtcdServer {
             .open(self.log_path())
             .expect("open etcd log");
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .arg("--name")
             .arg(&self.name)
             .arg("--data-dir")
@@ -169,8 +203,12 @@ impl EtcdServer {
     }
 
     fn healthy(&self) -> bool {
+        let addr = ("127.0.0.1", self.client_port);
+        if self.tls.is_some() {
+            // Listening is enough: the registry's first request waits for a leader.
+            return TcpStream::connect(addr).is_ok();
+        }
         let probe = || -> std::io::Result<String> {
-            let addr = ("127.0.0.1", self.client_port);
             let mut s = TcpStream::connect(addr)?;
             s.set_read_timeout(Some(Duration::from_secs(1)))?;
             s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
