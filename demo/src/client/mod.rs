@@ -1,0 +1,1 @@
+//! `greet-client`: scenarios against the greet cluster.
