@@ -132,7 +132,7 @@ pub struct ClientArgs {
     /// Calls after a recovery wait that check the cluster serves again.
     #[arg(long, default_value_t = 10)]
     pub verify_calls: u64,
-    /// Deadline of the breaker scenario's calls.
+    /// Deadline shared by the breaker scenario's calls.
     #[arg(long, default_value = "1ms", value_parser = flags::positive_duration)]
     pub breaker_deadline: Duration,
     /// Most calls the breaker scenario sends to trip a breaker.

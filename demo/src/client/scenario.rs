@@ -18,6 +18,9 @@ use crate::proto::{GreetServiceClient, HelloRequest, HelloResponse};
 /// counted.
 const SHOWN_FAILURES: u64 = 10;
 
+/// The smallest deadline a call is given (gRPC cannot send zero).
+pub const MIN_DEADLINE: Duration = Duration::from_micros(1);
+
 /// Runs scenarios on one client and keeps their counts.
 #[derive(Debug)]
 pub struct Runner {
@@ -128,21 +131,28 @@ impl Runner {
         self.verify("failover-verify").await;
     }
 
-    /// Calls with a tiny deadline until a circuit breaker opens, a wait for
-    /// it to half-open, and calls that close it again.
+    /// Calls under one tiny deadline until a circuit breaker opens, a wait
+    /// for it to half-open, and calls that close it again.
+    ///
+    /// As in the original example, one deadline covers the whole burst: the
+    /// first call has `--breaker-deadline`, later ones what is left of it
+    /// (at least [`MIN_DEADLINE`]), so they time out and count against their
+    /// instances.
     pub async fn breaker(&mut self) {
         let deadline = self.args.breaker_deadline;
         self.say(format!(
-            "\n=== Circuit breaker: calls with a {} deadline ===",
+            "\n=== Circuit breaker: calls under a {} deadline ===",
             humantime::format_duration(deadline)
         ));
         let trips = self.client.stats().breaker_trips;
         let start = self.begin();
+        let expires = Instant::now() + deadline;
         let mut tripped = false;
         for i in 0..self.args.breaker_calls {
-            let result = self
-                .hello("CircuitBreakerTest".into(), Some(deadline))
-                .await;
+            let left = expires
+                .saturating_duration_since(Instant::now())
+                .max(MIN_DEADLINE);
+            let result = self.hello("CircuitBreakerTest".into(), Some(left)).await;
             if let Err(status) = &result {
                 self.say(format!(
                     "  call {i}: {:?} {}",
