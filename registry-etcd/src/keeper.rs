@@ -106,7 +106,7 @@ impl Keeper {
                 mode = stop.stopped() => return self.stop(mode, lease).await,
                 reason = self.keep_alive(lease) => reason,
             };
-            backoff.session_ended(started.elapsed());
+            backoff.run_ended(started.elapsed());
             tracing::warn!(instance = %self.instance, lease = lease.id, %reason,
                 "etcd keep-alive interrupted; restoring the registration");
             lease = tokio::select! {

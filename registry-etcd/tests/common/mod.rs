@@ -1,4 +1,4 @@
-//! Test fixtures: real etcd processes on free loopback ports, and helpers to
+//! Test fixtures: real etcd processes on free loopback ports, and functions to
 //! wait for registry states.
 #![allow(dead_code)] // each test binary uses a different part
 
