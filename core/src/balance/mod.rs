@@ -208,5 +208,24 @@ pub fn hash_key(key: &[u8]) -> u64 {
     h ^ (h >> 31)
 }
 
+mod least_request;
+mod p2c;
+mod peak_ewma;
+mod policy;
+mod random;
+mod ring_hash;
 mod round_robin;
+mod sample;
+mod smooth;
+mod stride;
+mod weighted_random;
+mod weighted_round_robin;
+
+pub use least_request::LeastRequest;
+pub use peak_ewma::PeakEwma;
+pub use policy::{by_name, UnknownPolicy, POLICY_ALIASES, POLICY_NAMES};
+pub use random::Random;
+pub use ring_hash::RingHash;
 pub use round_robin::RoundRobin;
+pub use weighted_random::WeightedRandom;
+pub use weighted_round_robin::WeightedRoundRobin;
