@@ -78,13 +78,13 @@ pub async fn open(
 #[cfg(feature = "etcd")]
 async fn etcd(addr: &str) -> Result<Arc<dyn Registry>, RegistrySetupError> {
     use fyerrpc_registry_etcd::{EtcdConfig, EtcdRegistry};
-    let registry = EtcdRegistry::connect(EtcdConfig::from_endpoints(addr))
-        .await
-        .map_err(|e| RegistrySetupError::Connect {
-            kind: "etcd",
-            addr: addr.to_owned(),
-            reason: e.to_string(),
-        })?;
+    let connect_error = |e: fyerrpc_registry_etcd::EtcdError| RegistrySetupError::Connect {
+        kind: "etcd",
+        addr: addr.to_owned(),
+        reason: e.to_string(),
+    };
+    let config = EtcdConfig::from_endpoints(addr).map_err(connect_error)?;
+    let registry = EtcdRegistry::connect(config).await.map_err(connect_error)?;
     Ok(Arc::new(registry))
 }
 

@@ -61,6 +61,14 @@ impl Load {
         self.observe(latency);
     }
 
+    /// A call on the endpoint ends without a latency sample (cancelled by
+    /// the caller before it completed).
+    pub fn cancel(&self) {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
     /// Requests in flight now.
     #[inline]
     pub fn in_flight(&self) -> u32 {
