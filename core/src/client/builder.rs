@@ -100,7 +100,7 @@ impl ClientBuilder {
             service,
             registry,
             config: Config {
-                balancer: Arc::new(LeastRequest::default()),
+                balancer: Arc::new(LeastRequest),
                 breaker: Arc::new(ConsecutiveFailures::default()),
                 failover: FailoverConfig::default(),
                 classifier: FailureClassifier::default(),
