@@ -34,6 +34,6 @@ pub mod server;
 
 pub use balance::Balancer;
 pub use breaker::Breaker;
-// pub use client::{Client, ClientBuilder};
+pub use client::{Client, ClientBuilder};
 pub use instance::{Instance, InstanceError, Status};
 pub use registry::{RegisterOptions, Registration, Registry, RegistryError};

@@ -1,1 +1,265 @@
-//! (in progress)
+//! Every metric fyerrpc emits, in one place, and the in-process stats snapshot.
+//!
+//! Metrics go through the [`metrics`](https://docs.rs/metrics) facade: install
+//! a recorder (for example `metrics-exporter-prometheus`) to export them.
+//! Names follow the grpc-prometheus style. The seed framework's names map as
+//! follows: `rpc_requests_total` → [`CLIENT_REQUESTS`], `rpc_response_time_seconds`
+//! → [`CLIENT_REQUEST_DURATION`], `rpc_failover_total{from_instance,to_instance}`
+//! → [`CLIENT_FAILOVERS`], `rpc_circuit_breaks_total` → [`CLIENT_BREAKER_TRANSITIONS`]
+//! with `to="open"`, `rpc_retry_total` → [`CLIENT_RETRIES`].
+//!
+//! [`Stats`] is the same information kept in process, for programs that print
+//! it (the demo's final table) without a metrics backend.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Counter: calls made through the client, by `service`, `method` and final `code`.
+pub const CLIENT_REQUESTS: &str = "fyerrpc_client_requests_total";
+/// Histogram: duration of whole calls (all attempts), seconds, by `service`, `method`.
+pub const CLIENT_REQUEST_DURATION: &str = "fyerrpc_client_request_duration_seconds";
+/// Counter: attempts, by `service`, `instance` and `outcome`.
+pub const CLIENT_ATTEMPTS: &str = "fyerrpc_client_attempts_total";
+/// Counter: retries (attempts after the first), by `service`, `method`.
+pub const CLIENT_RETRIES: &str = "fyerrpc_client_retries_total";
+/// Counter: retries that went to another instance, by `service`,
+/// `from_instance`, `to_instance`.
+pub const CLIENT_FAILOVERS: &str = "fyerrpc_client_failovers_total";
+/// Counter: retries refused because the retry budget was spent, by `service`.
+pub const CLIENT_BUDGET_EXHAUSTED: &str = "fyerrpc_client_retry_budget_exhausted_total";
+/// Counter: breaker state changes, by `service`, `instance`, `to`.
+pub const CLIENT_BREAKER_TRANSITIONS: &str = "fyerrpc_client_breaker_transitions_total";
+/// Gauge: breaker state per instance (0 closed, 1 open, 2 half-open), by
+/// `service`, `instance`.
+pub const CLIENT_BREAKER_STATE: &str = "fyerrpc_client_breaker_state";
+/// Gauge: endpoints known to the client, by `service` and `state`
+/// (`available`, `ejected`, `unhealthy`, `disabled`).
+pub const CLIENT_ENDPOINTS: &str = "fyerrpc_client_endpoints";
+/// Counter: calls placed while more endpoints were ejected than allowed, so
+/// ejections were ignored (panic mode), by `service`.
+pub const CLIENT_PANIC_PICKS: &str = "fyerrpc_client_panic_picks_total";
+/// Counter: active health check results, by `service`, `instance`, `result`.
+pub const CLIENT_HEALTH_CHECKS: &str = "fyerrpc_client_health_checks_total";
+/// Counter: registry watch errors seen by the client, by `service`.
+pub const CLIENT_DISCOVERY_ERRORS: &str = "fyerrpc_client_discovery_errors_total";
+/// Counter: registrations re-created after the backend lost them, by `backend`.
+pub const REGISTRY_REREGISTRATIONS: &str = "fyerrpc_registry_reregistrations_total";
+/// Counter: registry entries skipped because they did not decode, by `backend`.
+pub const REGISTRY_INVALID_ENTRIES: &str = "fyerrpc_registry_invalid_entries_total";
+
+/// A latency histogram with fixed log-scale buckets and atomic counters:
+/// recording never locks or allocates. Buckets grow by 2^(1/4) (about 19 %)
+/// from 1 µs to about 70 minutes, so percentiles are within that factor.
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    buckets: Box<[AtomicU64]>,
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+const SUB_BUCKETS: f64 = 4.0;
+const BUCKETS: usize = 4 * 32;
+const MIN_NANOS: f64 = 1_000.0;
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LatencyHistogram {
+    /// An empty histogram.
+    pub fn new() -> Self {
+        Self {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    fn index(nanos: f64) -> usize {
+        if nanos <= MIN_NANOS {
+            return 0;
+        }
+        let i = ((nanos / MIN_NANOS).log2() * SUB_BUCKETS).ceil();
+        (i as usize).min(BUCKETS - 1)
+    }
+
+    fn upper_bound(index: usize) -> Duration {
+        Duration::from_nanos((MIN_NANOS * 2f64.powf(index as f64 / SUB_BUCKETS)) as u64)
+    }
+
+    /// Records one sample.
+    pub fn record(&self, d: Duration) {
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.buckets[Self::index(nanos as f64)].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Samples recorded.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// The mean (zero when empty).
+    pub fn mean(&self) -> Duration {
+        let n = self.count();
+        if n == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos(self.sum_nanos.load(Ordering::Relaxed) / n)
+    }
+
+    /// The `q` quantile (`0.0..=1.0`), as the upper bound of its bucket.
+    pub fn quantile(&self, q: f64) -> Duration {
+        let n = self.count();
+        if n == 0 {
+            return Duration::ZERO;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * n as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            seen += b.load(Ordering::Relaxed);
+            if seen >= rank {
+                return Self::upper_bound(i);
+            }
+        }
+        Self::upper_bound(BUCKETS - 1)
+    }
+}
+
+/// Calls, successes and failures of one instance, as seen by one client.
+#[derive(Debug, Default)]
+pub struct InstanceCounters {
+    /// Attempts placed on the instance.
+    pub attempts: AtomicU64,
+    /// Attempts that succeeded.
+    pub successes: AtomicU64,
+    /// Attempts that failed (by the failure classification).
+    pub failures: AtomicU64,
+}
+
+/// Client-wide counters behind [`Stats`].
+#[derive(Debug, Default)]
+pub struct ClientCounters {
+    /// Calls started.
+    pub requests: AtomicU64,
+    /// Calls that ended with `Ok`.
+    pub successes: AtomicU64,
+    /// Calls that ended with an error.
+    pub failures: AtomicU64,
+    /// Attempts after the first.
+    pub retries: AtomicU64,
+    /// Retries that went to another instance.
+    pub failovers: AtomicU64,
+    /// Retries refused by the budget.
+    pub budget_exhausted: AtomicU64,
+    /// Breaker trips (to open).
+    pub breaker_trips: AtomicU64,
+    /// Whole-call latency.
+    pub latency: LatencyHistogram,
+}
+
+impl ClientCounters {
+    /// Adds one to a counter.
+    pub fn incr(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A snapshot of one instance's stats.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceStats {
+    /// Instance id.
+    pub id: String,
+    /// Instance address.
+    pub address: String,
+    /// Attempts placed on it.
+    pub attempts: u64,
+    /// Successful attempts.
+    pub successes: u64,
+    /// Failed attempts.
+    pub failures: u64,
+    /// Breaker state (`closed`, `open`, `half_open`), or `removed` when the
+    /// instance has left the registry.
+    pub breaker: String,
+    /// Whether the last active health check passed (true without checks).
+    pub healthy: bool,
+}
+
+/// A snapshot of a client's stats: what the demo prints.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stats {
+    /// Calls made.
+    pub requests: u64,
+    /// Calls that succeeded.
+    pub successes: u64,
+    /// Calls that failed.
+    pub failures: u64,
+    /// Retries (attempts after the first).
+    pub retries: u64,
+    /// Retries that went to another instance.
+    pub failovers: u64,
+    /// Retries refused by the budget.
+    pub budget_exhausted: u64,
+    /// Breaker trips.
+    pub breaker_trips: u64,
+    /// Mean call latency.
+    #[serde(serialize_with = "as_secs")]
+    pub avg_latency: Duration,
+    /// Median call latency (bucket upper bound).
+    #[serde(serialize_with = "as_secs")]
+    pub p50_latency: Duration,
+    /// 99th percentile call latency (bucket upper bound).
+    #[serde(serialize_with = "as_secs")]
+    pub p99_latency: Duration,
+    /// Per-instance stats, by id.
+    pub instances: Vec<InstanceStats>,
+}
+
+fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+impl ClientCounters {
+    /// Builds a [`Stats`] snapshot with the given per-instance stats.
+    pub fn snapshot(&self, instances: Vec<InstanceStats>) -> Stats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Stats {
+            requests: get(&self.requests),
+            successes: get(&self.successes),
+            failures: get(&self.failures),
+            retries: get(&self.retries),
+            failovers: get(&self.failovers),
+            budget_exhausted: get(&self.budget_exhausted),
+            breaker_trips: get(&self.breaker_trips),
+            avg_latency: self.latency.mean(),
+            p50_latency: self.latency.quantile(0.5),
+            p99_latency: self.latency.quantile(0.99),
+            instances,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles_are_within_a_bucket() {
+        let h = LatencyHistogram::new();
+        for ms in 1..=100 {
+            h.record(Duration::from_millis(ms));
+        }
+        let p50 = h.quantile(0.5).as_secs_f64();
+        assert!((0.050..=0.050 * 1.2).contains(&p50), "{p50}");
+        let p99 = h.quantile(0.99).as_secs_f64();
+        assert!((0.099..=0.099 * 1.2).contains(&p99), "{p99}");
+        assert_eq!(h.count(), 100);
+        assert!((h.mean().as_secs_f64() - 0.0505).abs() < 1e-6);
+        assert_eq!(LatencyHistogram::new().quantile(0.5), Duration::ZERO);
+    }
+}

@@ -11,12 +11,17 @@
 //! conditions live in [`consecutive`] and [`error_rate`].
 
 pub mod consecutive;
+mod error;
 pub mod error_rate;
-mod state;
+pub mod state;
+#[cfg(test)]
+mod tests;
+mod window;
 
-// pub use consecutive::ConsecutiveFailures;
-// pub use error_rate::ErrorRate;
-// pub use state::{OpenPolicy, StateMachine};
+pub use consecutive::{ConsecutiveCount, ConsecutiveFailures};
+pub use error::BreakerConfigError;
+pub use error_rate::{ErrorRate, WindowedErrorRate};
+pub use state::{OpenPolicy, StateMachine, TripCondition};
 
 use std::fmt;
 

@@ -1,1 +1,590 @@
-//! State machine.
+//! The breaker state machine shared by every trip condition, and its
+//! [`OpenPolicy`] (how long to stay open, how to probe, when to close).
+//!
+//! ```text
+//!            trip condition met                 open time elapsed,
+//!  Closed ---------------------------> Open ----------------------> HalfOpen
+//!    ^                                  ^     (next try_acquire)      |
+//!    |                                  |  success ratio unreachable  |
+//!    |                                  +-----------------------------+
+//!    |        all probes reported, success ratio >= close_ratio       |
+//!    +----------------------------------------------------------------+
+//! ```
+
+use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::error::{check_count, check_duration, check_multiplier, check_ratio};
+use super::{Breaker, BreakerConfigError, BreakerState, Transition};
+
+/// Default time a breaker stays open after its first trip.
+pub const DEFAULT_BASE_OPEN: Duration = Duration::from_secs(30);
+/// Default growth of the open time when a breaker trips again soon after closing.
+pub const DEFAULT_TRIP_MULTIPLIER: f64 = 2.0;
+/// Default growth of the open time when the half-open probes fail.
+pub const DEFAULT_PROBE_FAILURE_MULTIPLIER: f64 = 1.5;
+/// Default cap of the open time, as a multiple of the base open time.
+pub const DEFAULT_MAX_MULTIPLIER: f64 = 10.0;
+/// Default number of half-open probe calls.
+pub const DEFAULT_HALF_OPEN_CALLS: u32 = 3;
+/// Default success ratio of the half-open probes that closes the breaker.
+pub const DEFAULT_CLOSE_RATIO: f64 = 0.5;
+
+/// How long a breaker stays open, and how it probes its way back to closed.
+///
+/// * The first trip opens the breaker for `base_open`.
+/// * When the half-open probes fail, the breaker opens again for the last
+///   open time × `probe_failure_multiplier`.
+/// * When the breaker trips again while still on probation after closing
+///   (closed for less than its last open time: the instance is flapping), it
+///   opens for the last open time × `trip_multiplier`. Once it has stayed
+///   closed that long, the open time is back to `base_open`.
+/// * Open times never exceed `base_open × max_multiplier`.
+/// * Half-open admits `half_open_calls` probes, and decides once all have
+///   reported: closed if at least `close_ratio` of them succeeded, open
+///   again otherwise; it opens again as soon as the ratio can no longer be
+///   reached.
+///
+/// The defaults are the reference framework's: 30 s, ×2.0, ×1.5, 10×,
+/// 3 probes, ratio 0.5.
+///
+/// ```
+/// use std::time::Duration;
+/// use fyerrpc::breaker::OpenPolicy;
+///
+/// let policy = OpenPolicy::default()
+///     .with_base_open(Duration::from_secs(5))
+///     .with_half_open_calls(5)
+///     .with_close_ratio(0.8);
+/// policy.validate()?;
+/// assert_eq!(policy.max_open(), Duration::from_secs(50));
+/// assert!(policy.with_trip_multiplier(0.5).validate().is_err());
+/// # Ok::<(), fyerrpc::breaker::BreakerConfigError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OpenPolicy {
+    /// Open time of a first trip (default 30 s).
+    pub base_open: Duration,
+    /// Growth of the open time on a trip during probation (default 2.0).
+    pub trip_multiplier: f64,
+    /// Growth of the open time when the half-open probes fail (default 1.5).
+    pub probe_failure_multiplier: f64,
+    /// Cap of the open time as a multiple of `base_open` (default 10.0).
+    pub max_multiplier: f64,
+    /// Number of half-open probe calls (default 3).
+    pub half_open_calls: u32,
+    /// Success ratio of the probes that closes the breaker, in `(0, 1]`
+    /// (default 0.5).
+    pub close_ratio: f64,
+}
+
+impl Default for OpenPolicy {
+    fn default() -> Self {
+        Self {
+            base_open: DEFAULT_BASE_OPEN,
+            trip_multiplier: DEFAULT_TRIP_MULTIPLIER,
+            probe_failure_multiplier: DEFAULT_PROBE_FAILURE_MULTIPLIER,
+            max_multiplier: DEFAULT_MAX_MULTIPLIER,
+            half_open_calls: DEFAULT_HALF_OPEN_CALLS,
+            close_ratio: DEFAULT_CLOSE_RATIO,
+        }
+    }
+}
+
+impl OpenPolicy {
+    /// Sets the open time of a first trip.
+    pub fn with_base_open(mut self, base_open: Duration) -> Self {
+        self.base_open = base_open;
+        self
+    }
+    /// Sets the growth of the open time on a trip during probation.
+    pub fn with_trip_multiplier(mut self, multiplier: f64) -> Self {
+        self.trip_multiplier = multiplier;
+        self
+    }
+    /// Sets the growth of the open time when the half-open probes fail.
+    pub fn with_probe_failure_multiplier(mut self, multiplier: f64) -> Self {
+        self.probe_failure_multiplier = multiplier;
+        self
+    }
+    /// Sets the cap of the open time, as a multiple of the base open time.
+    pub fn with_max_multiplier(mut self, multiplier: f64) -> Self {
+        self.max_multiplier = multiplier;
+        self
+    }
+    /// Sets the number of half-open probe calls.
+    pub fn with_half_open_calls(mut self, calls: u32) -> Self {
+        self.half_open_calls = calls;
+        self
+    }
+    /// Sets the success ratio of the probes that closes the breaker.
+    pub fn with_close_ratio(mut self, ratio: f64) -> Self {
+        self.close_ratio = ratio;
+        self
+    }
+
+    /// Checks every field: multipliers finite and `>= 1`, `close_ratio` in
+    /// `(0, 1]`, `half_open_calls >= 1`, `base_open > 0`.
+    pub fn validate(&self) -> Result<(), BreakerConfigError> {
+        check_duration("base_open", self.base_open)?;
+        check_multiplier("trip_multiplier", self.trip_multiplier)?;
+        check_multiplier("probe_failure_multiplier", self.probe_failure_multiplier)?;
+        check_multiplier("max_multiplier", self.max_multiplier)?;
+        check_count("half_open_calls", self.half_open_calls, 1, u32::MAX)?;
+        check_ratio("close_ratio", self.close_ratio)
+    }
+
+    /// The longest open time: `base_open × max_multiplier`.
+    pub fn max_open(&self) -> Duration {
+        scale(self.base_open, self.max_multiplier, Duration::MAX)
+    }
+
+    /// The policy with every field that fails validation replaced by its
+    /// default, so that a breaker built from an unchecked policy still
+    /// behaves sensibly (and never panics).
+    pub(crate) fn sanitized(self) -> Self {
+        let d = Self::default();
+        let pick = |ok: bool, value: f64, default: f64| if ok { value } else { default };
+        Self {
+            base_open: if self.base_open.is_zero() {
+                d.base_open
+            } else {
+                self.base_open
+            },
+            trip_multiplier: pick(
+                check_multiplier("", self.trip_multiplier).is_ok(),
+                self.trip_multiplier,
+                d.trip_multiplier,
+            ),
+            probe_failure_multiplier: pick(
+                check_multiplier("", self.probe_failure_multiplier).is_ok(),
+                self.probe_failure_multiplier,
+                d.probe_failure_multiplier,
+            ),
+            max_multiplier: pick(
+                check_multiplier("", self.max_multiplier).is_ok(),
+                self.max_multiplier,
+                d.max_multiplier,
+            ),
+            half_open_calls: if self.half_open_calls == 0 {
+                d.half_open_calls
+            } else {
+                self.half_open_calls
+            },
+            close_ratio: pick(
+                check_ratio("", self.close_ratio).is_ok(),
+                self.close_ratio,
+                d.close_ratio,
+            ),
+        }
+    }
+
+    /// Whether the half-open probes have decided: `Some(true)` to close,
+    /// `Some(false)` to open again, `None` while undecided.
+    fn verdict(&self, successes: u32, failures: u32) -> Option<bool> {
+        let calls = self.half_open_calls;
+        let outstanding = calls.saturating_sub(successes.saturating_add(failures));
+        let best = f64::from(successes.saturating_add(outstanding)) / f64::from(calls);
+        if best < self.close_ratio {
+            Some(false)
+        } else if outstanding == 0 {
+            Some(true)
+        } else {
+            None
+        }
+    }
+}
+
+/// `d × factor`, at most `cap`; never panics (a non-finite or negative
+/// product gives `cap`).
+fn scale(d: Duration, factor: f64, cap: Duration) -> Duration {
+    Duration::try_from_secs_f64(d.as_secs_f64() * factor).map_or(cap, |d| d.min(cap))
+}
+
+/// What makes a closed breaker trip. The [`StateMachine`] feeds it the
+/// outcome of every call made while closed, and resets it on every state
+/// change.
+///
+/// ```
+/// use fyerrpc::breaker::{Breaker, BreakerState, OpenPolicy, StateMachine, TripCondition};
+///
+/// /// Trips on the first failure.
+/// #[derive(Debug, Default)]
+/// struct AnyFailure;
+///
+/// impl TripCondition for AnyFailure {
+///     fn on_success(&mut self) {}
+///     fn on_failure(&mut self) -> bool { true }
+///     fn reset(&mut self) {}
+/// }
+///
+/// let breaker = StateMachine::new(AnyFailure, OpenPolicy::default());
+/// breaker.record(true);
+/// assert_eq!(breaker.state(), BreakerState::Closed);
+/// breaker.record(false);
+/// assert_eq!(breaker.state(), BreakerState::Open);
+/// ```
+pub trait TripCondition: Send + fmt::Debug + 'static {
+    /// A call made while closed succeeded.
+    fn on_success(&mut self);
+    /// A call made while closed failed; returns whether the breaker trips.
+    fn on_failure(&mut self) -> bool;
+    /// Forgets everything counted so far.
+    fn reset(&mut self);
+}
+
+const CLOSED: u8 = 0;
+const OPEN: u8 = 1;
+const HALF_OPEN: u8 = 2;
+
+/// The authoritative state, behind the mutex.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Closed,
+    Open {
+        until: Instant,
+    },
+    HalfOpen {
+        granted: u32,
+        successes: u32,
+        failures: u32,
+    },
+}
+
+impl Phase {
+    fn state(self) -> BreakerState {
+        match self {
+            Self::Closed => BreakerState::Closed,
+            Self::Open { .. } => BreakerState::Open,
+            Self::HalfOpen { .. } => BreakerState::HalfOpen,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner<T> {
+    condition: T,
+    phase: Phase,
+    /// The open time of the current or last open period.
+    open_for: Duration,
+    /// When the breaker last closed after being open.
+    closed_at: Option<Instant>,
+}
+
+/// A [`Breaker`] over any [`TripCondition`], with the open / half-open
+/// behaviour of an [`OpenPolicy`].
+///
+/// The hot paths are lock-free: [`is_available`](Breaker::is_available)
+/// reads atomics only, and [`try_acquire`](Breaker::try_acquire) on a closed
+/// breaker is a single atomic load. Recording an outcome, and every state
+/// change, take a short mutex. Time is [`tokio::time::Instant`], so tests can
+/// pause and advance it.
+///
+/// Outcomes are not tagged with the state their call was admitted in, so the
+/// machine applies two rules to late reports: outcomes recorded while open
+/// are ignored, and a half-open breaker counts at most as many outcomes as it
+/// granted probes.
+///
+/// ```
+/// use std::time::Duration;
+/// use fyerrpc::breaker::{Breaker, BreakerState, ConsecutiveFailures, OpenPolicy};
+///
+/// let breaker = ConsecutiveFailures::new(2)
+///     .with_open(OpenPolicy::default().with_base_open(Duration::from_secs(10)))
+///     .breaker();
+/// assert_eq!(breaker.try_acquire(), (true, None));
+/// breaker.record(false);
+/// let trip = breaker.record(false).expect("the second failure trips");
+/// assert_eq!((trip.from, trip.to), (BreakerState::Closed, BreakerState::Open));
+/// assert!(!breaker.is_available());
+/// assert_eq!(breaker.open_duration(), Duration::from_secs(10));
+/// assert_eq!(breaker.trips(), 1);
+/// ```
+#[derive(Debug)]
+pub struct StateMachine<T> {
+    policy: OpenPolicy,
+    /// Origin of the nanosecond timestamps in `open_until`.
+    epoch: Instant,
+    /// Mirror of `inner.phase` for lock-free reads.
+    state: AtomicU8,
+    /// Mirror of `Phase::Open::until`, in nanoseconds since `epoch`.
+    open_until: AtomicU64,
+    /// Mirror of the free half-open probe slots.
+    probes_free: AtomicU32,
+    trips: AtomicU64,
+    inner: Mutex<Inner<T>>,
+}
+
+impl<T: TripCondition> StateMachine<T> {
+    /// A closed breaker. A policy that fails [`OpenPolicy::validate`] is used
+    /// with its invalid fields replaced by their defaults.
+    pub fn new(condition: T, policy: OpenPolicy) -> Self {
+        let policy = policy.sanitized();
+        Self {
+            policy,
+            epoch: Instant::now(),
+            state: AtomicU8::new(CLOSED),
+            open_until: AtomicU64::new(0),
+            probes_free: AtomicU32::new(0),
+            trips: AtomicU64::new(0),
+            inner: Mutex::new(Inner {
+                condition,
+                phase: Phase::Closed,
+                open_for: policy.base_open,
+                closed_at: None,
+            }),
+        }
+    }
+
+    /// The open policy in use.
+    pub fn policy(&self) -> &OpenPolicy {
+        &self.policy
+    }
+
+    /// The open time of the current open period, or of the last one (the
+    /// base open time before the first trip).
+    pub fn open_duration(&self) -> Duration {
+        self.lock().open_for
+    }
+
+    /// Runs `f` on the trip condition (for example to read its counts).
+    /// Holds the breaker's lock meanwhile: keep `f` short.
+    pub fn with_condition<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        f(&self.lock().condition)
+    }
+
+    /// `(granted, successes, failures)` of the half-open period, if any.
+    #[cfg(test)]
+    pub(super) fn probes(&self) -> Option<(u32, u32, u32)> {
+        match self.lock().phase {
+            Phase::HalfOpen {
+                granted,
+                successes,
+                failures,
+            } => Some((granted, successes, failures)),
+            _ => None,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner<T>> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn nanos_since_epoch(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Copies the authoritative phase into the lock-free mirrors. The state
+    /// is stored last (release) so that a reader seeing it sees the rest.
+    fn publish(&self, phase: Phase) {
+        let state = match phase {
+            Phase::Closed => CLOSED,
+            Phase::Open { until } => {
+                self.open_until
+                    .store(self.nanos_since_epoch(until), Ordering::Relaxed);
+                OPEN
+            }
+            Phase::HalfOpen { granted, .. } => {
+                let free = self.policy.half_open_calls.saturating_sub(granted);
+                self.probes_free.store(free, Ordering::Relaxed);
+                HALF_OPEN
+            }
+        };
+        self.state.store(state, Ordering::Release);
+    }
+
+    /// Moves to `to`, publishing it, and returns the transition.
+    fn enter(&self, inner: &mut Inner<T>, to: Phase) -> Option<Transition> {
+        let from = inner.phase.state();
+        inner.phase = to;
+        self.publish(to);
+        Some(Transition {
+            from,
+            to: to.state(),
+        })
+    }
+
+    /// Opens the breaker at `now`, from closed (a trip) or half-open (failed
+    /// probes), growing the open time as the policy says.
+    fn open(&self, inner: &mut Inner<T>, now: Instant) -> Option<Transition> {
+        let p = &self.policy;
+        inner.open_for = match inner.phase {
+            Phase::HalfOpen { .. } => {
+                scale(inner.open_for, p.probe_failure_multiplier, p.max_open())
+            }
+            _ if self.on_probation(inner, now) => {
+                scale(inner.open_for, p.trip_multiplier, p.max_open())
+            }
+            _ => p.base_open.min(p.max_open()),
+        };
+        let until = now
+            .checked_add(inner.open_for)
+            .unwrap_or_else(|| far_future(now));
+        inner.condition.reset();
+        self.trips.fetch_add(1, Ordering::Relaxed);
+        self.enter(inner, Phase::Open { until })
+    }
+
+    /// Whether a closed breaker is still on probation: it closed less than
+    /// its last open time ago.
+    fn on_probation(&self, inner: &Inner<T>, now: Instant) -> bool {
+        inner
+            .closed_at
+            .is_some_and(|at| now.saturating_duration_since(at) < inner.open_for)
+    }
+
+    fn close(&self, inner: &mut Inner<T>, now: Instant) -> Option<Transition> {
+        inner.closed_at = Some(now);
+        inner.condition.reset();
+        self.enter(inner, Phase::Closed)
+    }
+
+    /// Counts one half-open probe outcome and applies the verdict, if any.
+    fn record_probe(&self, inner: &mut Inner<T>, success: bool) -> Option<Transition> {
+        let Phase::HalfOpen {
+            granted,
+            mut successes,
+            mut failures,
+        } = inner.phase
+        else {
+            return None;
+        };
+        if successes.saturating_add(failures) >= granted {
+            // Not a probe's outcome: a late report from an earlier period.
+            return None;
+        }
+        if success {
+            successes += 1;
+        } else {
+            failures += 1;
+        }
+        inner.phase = Phase::HalfOpen {
+            granted,
+            successes,
+            failures,
+        };
+        let now = Instant::now();
+        match self.policy.verdict(successes, failures) {
+            Some(true) => self.close(inner, now),
+            Some(false) => self.open(inner, now),
+            None => None,
+        }
+    }
+
+    fn record_closed(&self, inner: &mut Inner<T>, success: bool) -> Option<Transition> {
+        if success {
+            inner.condition.on_success();
+            None
+        } else if inner.condition.on_failure() {
+            self.open(inner, Instant::now())
+        } else {
+            None
+        }
+    }
+}
+
+/// A time that will not come: the open-until of an open time too long to
+/// represent.
+fn far_future(now: Instant) -> Instant {
+    const THIRTY_YEARS: Duration = Duration::from_secs(86_400 * 365 * 30);
+    now.checked_add(THIRTY_YEARS).unwrap_or(now)
+}
+
+impl<T: TripCondition> Breaker for StateMachine<T> {
+    fn is_available(&self) -> bool {
+        match self.state.load(Ordering::Acquire) {
+            CLOSED => true,
+            OPEN => {
+                self.nanos_since_epoch(Instant::now()) >= self.open_until.load(Ordering::Relaxed)
+            }
+            _ => self.probes_free.load(Ordering::Relaxed) > 0,
+        }
+    }
+
+    fn try_acquire(&self) -> (bool, Option<Transition>) {
+        if self.state.load(Ordering::Acquire) == CLOSED {
+            return (true, None);
+        }
+        let mut inner = self.lock();
+        let mut transition = None;
+        if let Phase::Open { until } = inner.phase {
+            if Instant::now() < until {
+                return (false, None);
+            }
+            let probing = Phase::HalfOpen {
+                granted: 0,
+                successes: 0,
+                failures: 0,
+            };
+            transition = self.enter(&mut inner, probing);
+        }
+        let granted = match inner.phase {
+            Phase::Closed => true,
+            Phase::HalfOpen {
+                granted,
+                successes,
+                failures,
+            } if granted < self.policy.half_open_calls => {
+                let phase = Phase::HalfOpen {
+                    granted: granted + 1,
+                    successes,
+                    failures,
+                };
+                inner.phase = phase;
+                self.publish(phase);
+                true
+            }
+            _ => false,
+        };
+        (granted, transition)
+    }
+
+    fn record(&self, success: bool) -> Option<Transition> {
+        let mut inner = self.lock();
+        match inner.phase {
+            Phase::Closed => self.record_closed(&mut inner, success),
+            Phase::HalfOpen { .. } => self.record_probe(&mut inner, success),
+            // A late report of a call admitted before the trip.
+            Phase::Open { .. } => None,
+        }
+    }
+
+    fn release(&self) {
+        if self.state.load(Ordering::Acquire) == CLOSED {
+            return;
+        }
+        let mut inner = self.lock();
+        if let Phase::HalfOpen {
+            granted,
+            successes,
+            failures,
+        } = inner.phase
+        {
+            if granted > successes.saturating_add(failures) {
+                let phase = Phase::HalfOpen {
+                    granted: granted - 1,
+                    successes,
+                    failures,
+                };
+                inner.phase = phase;
+                self.publish(phase);
+            }
+        }
+    }
+
+    fn state(&self) -> BreakerState {
+        match self.state.load(Ordering::Acquire) {
+            CLOSED => BreakerState::Closed,
+            OPEN => BreakerState::Open,
+            _ => BreakerState::HalfOpen,
+        }
+    }
+
+    fn trips(&self) -> u64 {
+        self.trips.load(Ordering::Relaxed)
+    }
+}

@@ -1,1 +1,157 @@
-//! (in progress)
+//! Active health checking with the standard gRPC health protocol
+//! (`grpc.health.v1.Health/Check`).
+//!
+//! When enabled on a client, every instance is checked at an interval over
+//! its own channel; an instance that fails `unhealthy_threshold` checks in a
+//! row is ejected from balancing until it passes `healthy_threshold` checks.
+//!
+//! ```
+//! use std::time::Duration;
+//! use fyerrpc::health::HealthCheckConfig;
+//!
+//! let config = HealthCheckConfig::default()
+//!     .with_interval(Duration::from_secs(2))
+//!     .with_service("GreetService");
+//! assert_eq!(config.timeout, Duration::from_secs(1));
+//! ```
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+/// Settings of active health checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HealthCheckConfig {
+    /// Time between checks of one instance. Default 5 s.
+    pub interval: Duration,
+    /// Time limit of one check. Default 1 s.
+    pub timeout: Duration,
+    /// The service name sent in the check (`""`: the whole server).
+    pub service: String,
+    /// Failed checks in a row that eject an instance. Default 2.
+    pub unhealthy_threshold: u32,
+    /// Passed checks in a row that bring it back. Default 1.
+    pub healthy_threshold: u32,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            service: String::new(),
+            unhealthy_threshold: 2,
+            healthy_threshold: 1,
+        }
+    }
+}
+
+impl HealthCheckConfig {
+    /// Sets the interval.
+    pub fn with_interval(mut self, d: Duration) -> Self {
+        self.interval = d;
+        self
+    }
+    /// Sets the time limit of one check.
+    pub fn with_timeout(mut self, d: Duration) -> Self {
+        self.timeout = d;
+        self
+    }
+    /// Sets the service name checked.
+    pub fn with_service(mut self, s: impl Into<String>) -> Self {
+        self.service = s.into();
+        self
+    }
+    /// Sets the failed checks in a row that eject an instance.
+    pub fn with_unhealthy_threshold(mut self, n: u32) -> Self {
+        self.unhealthy_threshold = n.max(1);
+        self
+    }
+    /// Sets the passed checks in a row that bring an instance back.
+    pub fn with_healthy_threshold(mut self, n: u32) -> Self {
+        self.healthy_threshold = n.max(1);
+        self
+    }
+}
+
+/// The result of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckResult {
+    /// The server answered `SERVING`.
+    Serving,
+    /// The server answered, but not `SERVING`.
+    NotServing,
+    /// The check failed (transport error, time-out, unimplemented).
+    Failed,
+}
+
+impl CheckResult {
+    /// A label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Serving => "serving",
+            Self::NotServing => "not_serving",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// Runs one `grpc.health.v1.Health/Check` over `channel`.
+pub async fn check(channel: Channel, service: &str, timeout: Duration) -> CheckResult {
+    let mut client = HealthClient::new(channel);
+    let mut req = tonic::Request::new(HealthCheckRequest {
+        service: service.to_owned(),
+    });
+    req.set_timeout(timeout);
+    match tokio::time::timeout(timeout, client.check(req)).await {
+        Ok(Ok(resp)) if resp.get_ref().status == ServingStatus::Serving as i32 => {
+            CheckResult::Serving
+        }
+        Ok(Ok(_)) => CheckResult::NotServing,
+        Ok(Err(_)) | Err(_) => CheckResult::Failed,
+    }
+}
+
+/// Checks one instance forever (until the task is aborted), keeping `healthy`
+/// up to date; `on_result` sees every result and whether it changed the flag.
+pub async fn run_checker<F>(
+    channel: Channel,
+    config: HealthCheckConfig,
+    healthy: Arc<AtomicBool>,
+    mut on_result: F,
+) where
+    F: FnMut(CheckResult, Option<bool>) + Send,
+{
+    let mut fails = 0u32;
+    let mut passes = 0u32;
+    let mut tick = tokio::time::interval(config.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let result = check(channel.clone(), &config.service, config.timeout).await;
+        let was = healthy.load(Ordering::Relaxed);
+        let mut changed = None;
+        if result == CheckResult::Serving {
+            fails = 0;
+            passes = passes.saturating_add(1);
+            if !was && passes >= config.healthy_threshold {
+                healthy.store(true, Ordering::Relaxed);
+                changed = Some(true);
+            }
+        } else {
+            passes = 0;
+            fails = fails.saturating_add(1);
+            if was && fails >= config.unhealthy_threshold {
+                healthy.store(false, Ordering::Relaxed);
+                changed = Some(false);
+            }
+        }
+        on_result(result, changed);
+    }
+}

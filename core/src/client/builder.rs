@@ -1,0 +1,232 @@
+//! [`ClientBuilder`]: every knob of the client, with documented defaults.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::HeaderName;
+use tokio::sync::watch;
+
+use super::snapshot::{run_discovery, Snapshot};
+use super::{Client, Shared, TaskGuard};
+use crate::balance::{Balancer, RoundRobin as LeastRequest};
+use crate::breaker::{BreakerPolicy, ConsecutiveFailures};
+use crate::discovery::Selector;
+use crate::failover::classify::FailureClassifier;
+use crate::failover::{FailoverConfig, FailoverConfigError, RetryBudget};
+use crate::health::HealthCheckConfig;
+use crate::metrics::ClientCounters;
+use crate::registry::Registry;
+
+/// Default metadata header whose value is the consistent-hashing key.
+pub const DEFAULT_HASH_HEADER: &str = "x-fyerrpc-hash-key";
+
+/// Why a client could not be built or used.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The failover settings cannot work.
+    #[error(transparent)]
+    Failover(#[from] FailoverConfigError),
+    /// Another setting is out of range.
+    #[error("invalid client setting {name}: {reason}")]
+    Invalid {
+        /// The setting.
+        name: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No instance was reported within the wait.
+    #[error("no instance of {service} was discovered within {waited:?}")]
+    NoInstances {
+        /// The service.
+        service: String,
+        /// How long [`Client::ready`] waited.
+        waited: Duration,
+    },
+    /// `build` was called outside a tokio runtime.
+    #[error("the client must be built inside a tokio runtime")]
+    NoRuntime,
+}
+
+/// The client's settings, fixed at build time.
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub balancer: Arc<dyn Balancer>,
+    pub breaker: Arc<dyn BreakerPolicy>,
+    pub failover: FailoverConfig,
+    pub classifier: FailureClassifier,
+    pub connect_timeout: Duration,
+    pub request_timeout: Option<Duration>,
+    pub health_check: Option<HealthCheckConfig>,
+    pub version: Option<String>,
+    pub selector: Option<Arc<dyn Selector>>,
+    pub hash_header: HeaderName,
+    pub max_ejection_ratio: f64,
+}
+
+/// Builds a [`Client`]. Defaults:
+///
+/// | setting | default |
+/// |---|---|
+/// | balancer | least request, power of two choices |
+/// | breaker | 5 consecutive failures, open 30 s (growing, capped) |
+/// | failover | [`FailoverConfig::default`]: 3 retries, 100 ms ×2.0, jitter 0.2 |
+/// | failure codes | [`FailureClassifier::default`] |
+/// | connect timeout | 1 s |
+/// | request timeout | none (only the caller's deadline) |
+/// | health checks | off |
+/// | max ejection ratio | 0.5: beyond it, ejections are ignored (panic mode) |
+/// | hash header | [`DEFAULT_HASH_HEADER`] |
+#[must_use]
+pub struct ClientBuilder {
+    service: String,
+    registry: Arc<dyn Registry>,
+    config: Config,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("service", &self.service)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientBuilder {
+    pub(crate) fn new(service: String, registry: Arc<dyn Registry>) -> Self {
+        Self {
+            service,
+            registry,
+            config: Config {
+                balancer: Arc::new(LeastRequest::default()),
+                breaker: Arc::new(ConsecutiveFailures::default()),
+                failover: FailoverConfig::default(),
+                classifier: FailureClassifier::default(),
+                connect_timeout: Duration::from_secs(1),
+                request_timeout: None,
+                health_check: None,
+                version: None,
+                selector: None,
+                hash_header: HeaderName::from_static(DEFAULT_HASH_HEADER),
+                max_ejection_ratio: 0.5,
+            },
+        }
+    }
+
+    /// Sets the balancing policy.
+    pub fn balancer(mut self, balancer: Arc<dyn Balancer>) -> Self {
+        self.config.balancer = balancer;
+        self
+    }
+    /// Sets the per-instance circuit breaker policy.
+    pub fn breaker(mut self, breaker: Arc<dyn BreakerPolicy>) -> Self {
+        self.config.breaker = breaker;
+        self
+    }
+    /// Sets the failover (retry) policy.
+    pub fn failover(mut self, failover: FailoverConfig) -> Self {
+        self.config.failover = failover;
+        self
+    }
+    /// Sets which outcomes count as instance failures.
+    pub fn failure_classifier(mut self, classifier: FailureClassifier) -> Self {
+        self.config.classifier = classifier;
+        self
+    }
+    /// Sets the time limit for connecting to an instance.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+    /// Sets the deadline of calls whose caller sets none (a caller's shorter
+    /// `grpc-timeout` still wins).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.config.request_timeout = Some(timeout);
+        self
+    }
+    /// Turns on active `grpc.health.v1` checks of every instance.
+    pub fn health_check(mut self, config: HealthCheckConfig) -> Self {
+        self.config.health_check = Some(config);
+        self
+    }
+    /// Uses only instances of this version (asked of the registry).
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.config.version = Some(version.into());
+        self
+    }
+    /// Uses only instances the selector accepts (applied to every snapshot).
+    pub fn selector(mut self, selector: Arc<dyn Selector>) -> Self {
+        self.config.selector = Some(selector);
+        self
+    }
+    /// Sets the metadata header whose value is the consistent-hashing key.
+    pub fn hash_header(mut self, header: HeaderName) -> Self {
+        self.config.hash_header = header;
+        self
+    }
+    /// Sets the largest share of instances that may be ejected at once
+    /// (`0.0..=1.0`); beyond it, ejections are ignored (panic mode).
+    pub fn max_ejection_ratio(mut self, ratio: f64) -> Self {
+        self.config.max_ejection_ratio = ratio;
+        self
+    }
+
+    fn validate(&self) -> Result<(), ClientError> {
+        self.config.failover.validate()?;
+        let invalid = |name, reason: &str| {
+            Err(ClientError::Invalid {
+                name,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.service.is_empty() {
+            return invalid("service", "must not be empty");
+        }
+        if !(0.0..=1.0).contains(&self.config.max_ejection_ratio) {
+            return invalid("max_ejection_ratio", "must be within 0..=1");
+        }
+        if self.config.connect_timeout.is_zero() {
+            return invalid("connect_timeout", "must be positive");
+        }
+        if self.config.request_timeout.is_some_and(|t| t.is_zero()) {
+            return invalid("request_timeout", "must be positive");
+        }
+        if let Some(hc) = &self.config.health_check {
+            if hc.interval.is_zero() || hc.timeout.is_zero() {
+                return invalid("health_check", "interval and timeout must be positive");
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates the settings, starts watching the registry, and returns the
+    /// client. Instances become usable as the registry reports them; see
+    /// [`Client::ready`].
+    pub async fn build(self) -> Result<Client, ClientError> {
+        self.validate()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| ClientError::NoRuntime)?;
+        let f = &self.config.failover;
+        let budget = RetryBudget::new(f.budget_ratio, f.budget_min_per_sec, f.budget_ttl);
+        let backoff = f.backoff();
+        let empty = Snapshot::empty(&*self.config.balancer);
+        let shared = Arc::new(Shared {
+            service: Arc::from(self.service),
+            registry: self.registry,
+            config: self.config,
+            snapshot: ArcSwap::from_pointee(empty),
+            ejections: Arc::default(),
+            budget,
+            backoff,
+            counters: ClientCounters::default(),
+            instances: Mutex::new(HashMap::new()),
+            ready: watch::channel(0).0,
+        });
+        let task = runtime.spawn(run_discovery(Arc::downgrade(&shared)));
+        Ok(Client {
+            shared,
+            _task: Arc::new(TaskGuard(task)),
+        })
+    }
+}

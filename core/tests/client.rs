@@ -1,0 +1,310 @@
+//! The resilient client against real tonic servers on loopback.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fyerrpc::balance::RoundRobin;
+use fyerrpc::breaker::{ConsecutiveFailures, OpenPolicy};
+use fyerrpc::failover::FailoverConfig;
+use fyerrpc::health::HealthCheckConfig;
+use fyerrpc::registry::{MemoryRegistry, RegisterOptions};
+use fyerrpc::{Client, Instance, Registry};
+use support::{check, check_within, TestServer, METHOD};
+use tonic::Code;
+
+const SERVICE: &str = "grpc.health.v1.Health";
+
+fn instance(id: &str, server: &TestServer) -> Instance {
+    Instance::new(id, SERVICE, server.address()).unwrap()
+}
+
+/// Three servers and a registry that lists them.
+fn cluster() -> (Vec<Arc<TestServer>>, Arc<MemoryRegistry>) {
+    let servers: Vec<_> = (0..3).map(|_| TestServer::start()).collect();
+    let registry = Arc::new(MemoryRegistry::new());
+    for (i, s) in servers.iter().enumerate() {
+        registry.insert(instance(&format!("s{i}"), s));
+    }
+    (servers, registry)
+}
+
+async fn client(
+    registry: Arc<MemoryRegistry>,
+    f: impl FnOnce(fyerrpc::ClientBuilder) -> fyerrpc::ClientBuilder,
+) -> Client {
+    support::init_tracing();
+    let builder = Client::builder(SERVICE, registry as Arc<dyn Registry>)
+        .request_timeout(Duration::from_secs(5));
+    let client = f(builder).build().await.unwrap();
+    client.ready(Duration::from_secs(5)).await.unwrap();
+    client
+}
+
+#[tokio::test]
+async fn an_unavailable_instance_fails_no_call() {
+    let (servers, registry) = cluster();
+    servers[1].set_failing(true);
+    let client = client(registry, |b| b.balancer(Arc::new(RoundRobin))).await;
+    for i in 0..150 {
+        check(client.clone())
+            .await
+            .unwrap_or_else(|e| panic!("call {i} failed: {e}"));
+    }
+    let stats = client.stats();
+    assert_eq!(stats.successes, 150);
+    assert_eq!(stats.failures, 0);
+    assert!(servers[1].calls() > 0, "the failing instance was tried");
+    assert!(stats.failovers > 0, "failures went elsewhere: {stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_killed_mid_stream_fails_no_call() {
+    let (servers, registry) = cluster();
+    let client = client(registry, |b| {
+        b.balancer(Arc::new(RoundRobin))
+            .failover(FailoverConfig::default().with_idempotent_methods([METHOD]))
+    })
+    .await;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            for _ in 0..150 {
+                if let Err(e) = check(c.clone()).await {
+                    failures.push(e.to_string());
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            failures
+        }));
+    }
+    // Let traffic flow to all three, then kill one while calls are in flight.
+    while servers[2].calls() < 40 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    servers[2].kill();
+    let killed_at = servers[2].calls();
+    for t in tasks {
+        let failures = t.await.unwrap();
+        assert!(failures.is_empty(), "calls failed: {failures:?}");
+    }
+    assert_eq!(client.stats().successes, 600);
+    assert_eq!(
+        servers[2].calls(),
+        killed_at,
+        "a dead server takes no calls"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_instance_is_ejected_then_probed_back() {
+    let (servers, registry) = cluster();
+    servers[0].set_failing(true);
+    let open = Duration::from_millis(800);
+    let client = client(registry, |b| {
+        b.balancer(Arc::new(RoundRobin)).breaker(Arc::new(
+            ConsecutiveFailures::new(3).with_open(OpenPolicy::default().with_base_open(open)),
+        ))
+    })
+    .await;
+    for _ in 0..30 {
+        check(client.clone()).await.unwrap();
+    }
+    let tripped_at = servers[0].calls();
+    assert_eq!(
+        tripped_at, 3,
+        "exactly the threshold reached it before it opened"
+    );
+    let stats = client.stats();
+    assert_eq!(stats.breaker_trips, 1);
+    let s0 = stats.instances.iter().find(|i| i.id == "s0").unwrap();
+    assert_eq!(s0.breaker, "open");
+    for _ in 0..100 {
+        check(client.clone()).await.unwrap();
+    }
+    assert_eq!(
+        servers[0].calls(),
+        tripped_at,
+        "an open breaker ejects the instance"
+    );
+
+    // Heal it; after the open time a half-open probe brings it back.
+    servers[0].set_failing(false);
+    tokio::time::sleep(open + Duration::from_millis(100)).await;
+    for _ in 0..60 {
+        check(client.clone()).await.unwrap();
+    }
+    assert!(
+        servers[0].calls() > tripped_at + 10,
+        "healed instance takes traffic again"
+    );
+    let s0 = client
+        .stats()
+        .instances
+        .into_iter()
+        .find(|i| i.id == "s0")
+        .unwrap();
+    assert_eq!(s0.breaker, "closed");
+}
+
+#[tokio::test]
+async fn a_deadline_shorter_than_the_backoff_ends_the_call_in_time() {
+    let (servers, registry) = cluster();
+    for s in &servers {
+        s.set_failing(true);
+    }
+    let client = client(registry, |b| {
+        b.failover(
+            FailoverConfig::default()
+                .with_retry_interval(Duration::from_millis(500))
+                .with_jitter(0.0),
+        )
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let err = check_within(client.clone(), Duration::from_millis(150))
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    assert!(
+        took < Duration::from_millis(450),
+        "returned after {took:?}, not at the deadline"
+    );
+}
+
+#[tokio::test]
+async fn retries_stay_within_the_budget() {
+    let (servers, registry) = cluster();
+    for s in &servers {
+        s.set_failing(true);
+    }
+    let client = client(registry, |b| {
+        b.failover(
+            FailoverConfig::default()
+                .with_retry_interval(Duration::from_millis(1))
+                .with_max_retry_delay(Duration::from_millis(2))
+                .with_budget(0.2, 5),
+        )
+        // Keep breakers out of the way: this test is about the budget.
+        .breaker(Arc::new(ConsecutiveFailures::new(1_000_000)))
+    })
+    .await;
+    let requests = 200u64;
+    for _ in 0..requests {
+        let err = check(client.clone()).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable);
+    }
+    let attempts: u64 = servers.iter().map(|s| s.calls()).sum();
+    // The budget's floor is 5 retries per second over its 10 s window.
+    let bound = (requests as f64 * 1.2) as u64 + 5 * 10;
+    assert!(
+        attempts <= bound,
+        "{attempts} attempts for {requests} requests (bound {bound})"
+    );
+    assert!(attempts > requests, "some retries were made");
+    assert!(client.stats().budget_exhausted > 0);
+}
+
+#[tokio::test]
+async fn watch_adds_and_removes_instances() {
+    let servers: Vec<_> = (0..3).map(|_| TestServer::start()).collect();
+    let registry = Arc::new(MemoryRegistry::new());
+    let r0 = registry
+        .register(instance("s0", &servers[0]), RegisterOptions::default())
+        .await
+        .unwrap();
+    let r1 = registry
+        .register(instance("s1", &servers[1]), RegisterOptions::default())
+        .await
+        .unwrap();
+    let client = client(Arc::clone(&registry), |b| b.balancer(Arc::new(RoundRobin))).await;
+    for _ in 0..20 {
+        check(client.clone()).await.unwrap();
+    }
+    assert_eq!(servers[2].calls(), 0);
+
+    let _r2 = registry
+        .register(instance("s2", &servers[2]), RegisterOptions::default())
+        .await
+        .unwrap();
+    wait_for(|| client.instances().len() == 3).await;
+    for _ in 0..30 {
+        check(client.clone()).await.unwrap();
+    }
+    assert!(servers[2].calls() >= 5, "a new instance takes traffic");
+
+    r0.shutdown().await.unwrap();
+    wait_for(|| client.instances().len() == 2).await;
+    let before = servers[0].calls();
+    for _ in 0..30 {
+        check(client.clone()).await.unwrap();
+    }
+    assert_eq!(
+        servers[0].calls(),
+        before,
+        "a removed instance takes no traffic"
+    );
+    drop(r1);
+}
+
+#[tokio::test]
+async fn health_checks_eject_and_restore() {
+    let (servers, registry) = cluster();
+    let client = client(registry, |b| {
+        b.balancer(Arc::new(RoundRobin)).health_check(
+            HealthCheckConfig::default()
+                .with_interval(Duration::from_millis(50))
+                .with_unhealthy_threshold(1),
+        )
+    })
+    .await;
+    servers[1].set_failing(true);
+    wait_for(|| {
+        client
+            .stats()
+            .instances
+            .iter()
+            .any(|i| i.id == "s1" && !i.healthy)
+    })
+    .await;
+    servers[1].set_failing(false);
+    wait_for(|| client.stats().instances.iter().all(|i| i.healthy)).await;
+}
+
+async fn wait_for(mut cond: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("condition not met within 5 s");
+}
+
+#[tokio::test]
+async fn selectors_and_disabled_instances_narrow_the_set() {
+    let servers: Vec<_> = (0..3).map(|_| TestServer::start()).collect();
+    let registry = Arc::new(MemoryRegistry::new());
+    registry.insert(instance("a", &servers[0]).with_metadata("zone", "z1"));
+    registry.insert(instance("b", &servers[1]).with_metadata("zone", "z2"));
+    registry.insert(
+        instance("c", &servers[2])
+            .with_metadata("zone", "z1")
+            .with_status(fyerrpc::Status::Disabled),
+    );
+    let selector = fyerrpc::discovery::parse_selector("zone=z1").unwrap();
+    let client = client(Arc::clone(&registry), |b| b.selector(selector)).await;
+    for _ in 0..20 {
+        check(client.clone()).await.unwrap();
+    }
+    assert_eq!(
+        servers[0].calls(),
+        20,
+        "only the selected, enabled instance"
+    );
+    assert_eq!(servers[1].calls() + servers[2].calls(), 0);
+}
