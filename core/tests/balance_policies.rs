@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fyerrpc::balance::{
-    by_name, hash_key, Balancer, Candidate, LeastRequest, PeakEwma, PickContext, Picker, Random,
-    RingHash, RoundRobin, WeightedRandom, WeightedRoundRobin, POLICY_ALIASES, POLICY_NAMES,
+    by_name, hash_key, Balancer, Candidate, LeastRequest, Maglev, PeakEwma, PickContext, Picker,
+    Random, RingHash, RoundRobin, WeightedRandom, WeightedRoundRobin, POLICY_ALIASES, POLICY_NAMES,
 };
 use fyerrpc::Instance;
 
@@ -355,30 +355,30 @@ fn ring_hash_is_sticky_and_the_same_in_every_client() {
 
 #[test]
 fn ring_hash_moves_about_one_nth_of_keys_to_a_joining_instance() {
-    const N: usize = 10;
     const KEYS: u64 = 10_000;
-    let before = key_owners(&uniform(N), KEYS);
-    let mut grown = uniform(N);
-    grown.push(endpoint("joiner", 100));
-    let after = key_owners(&grown, KEYS);
-    let moved: Vec<usize> = (0..before.len())
-        .filter(|&k| before[k] != after[k])
-        .collect();
-    for &k in &moved {
-        assert_eq!(after[k], "joiner", "key {k} moved between old instances");
+    for n in [1, 3, 10, 40] {
+        let before = key_owners(&uniform(n), KEYS);
+        let mut grown = uniform(n);
+        grown.push(endpoint("joiner", 100));
+        let after = key_owners(&grown, KEYS);
+        let moved: Vec<usize> = (0..before.len())
+            .filter(|&k| before[k] != after[k])
+            .collect();
+        for &k in &moved {
+            assert_eq!(after[k], "joiner", "key {k} moved between old instances");
+        }
+        let expected = KEYS as f64 / (n + 1) as f64;
+        let got = moved.len() as f64;
+        assert!(
+            (0.5 * expected..=1.5 * expected).contains(&got),
+            "{n} -> {}: {got} keys moved, expected about {expected}",
+            n + 1
+        );
     }
-    let expected = KEYS as f64 / (N + 1) as f64;
-    let got = moved.len() as f64;
-    assert!(
-        (0.5 * expected..=1.5 * expected).contains(&got),
-        "{got} keys moved, expected about {expected}"
-    );
 }
 
 #[test]
 fn ring_hash_moves_only_the_keys_of_a_leaving_or_ineligible_instance() {
-    // 8 and 7 instances: both rings above the minimum size, so the
-    // remaining instances keep exactly their nodes.
     let endpoints = uniform(8);
     let before = key_owners(&endpoints, 5_000);
     let after = key_owners(&endpoints[1..], 5_000);
@@ -412,7 +412,8 @@ fn ring_hash_shares_follow_weights() {
             .collect();
         counts
     };
-    // 160 virtual nodes per instance: each share within ±3% absolute.
+    // 160 virtual nodes for the heaviest instance: each share within ±3%
+    // absolute.
     assert_weight_shares(&count(&uniform(10)), &[1; 10], |_| true, 0.03);
     let weights = [100, 300, 600];
     assert_weight_shares(&count(&weighted(&weights)), &weights, |_| true, 0.03);
@@ -423,6 +424,86 @@ fn ring_hash_without_a_key_spreads_randomly() {
     let picker = RingHash::default().build(&uniform(4));
     let got = shares(picker.as_ref(), &PickContext::new(METHOD), 4, 40_000);
     assert_weight_shares(&got, &[1; 4], |_| true, 0.02);
+}
+
+// -------------------------------------------------------------------- maglev
+
+fn maglev_owners(endpoints: &[Candidate], keys: u64) -> Vec<String> {
+    let picker = Maglev::default().build(endpoints);
+    (0..keys)
+        .map(|k| {
+            let i = picker.pick(&ctx_for_key(k)).unwrap();
+            endpoints[i].instance().id().to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn maglev_is_sticky_and_the_same_in_every_client() {
+    let endpoints = uniform(8);
+    let mut reversed = endpoints.clone();
+    reversed.reverse();
+    assert_eq!(
+        maglev_owners(&endpoints, 2_000),
+        maglev_owners(&reversed, 2_000)
+    );
+}
+
+#[test]
+fn maglev_moves_about_one_nth_of_keys_when_an_instance_joins() {
+    const N: usize = 10;
+    const KEYS: u64 = 10_000;
+    let before = maglev_owners(&uniform(N), KEYS);
+    let mut grown = uniform(N);
+    grown.push(endpoint("joiner", 100));
+    let after = maglev_owners(&grown, KEYS);
+    let moved: Vec<usize> = (0..before.len())
+        .filter(|&k| before[k] != after[k])
+        .collect();
+    let to_joiner = moved.iter().filter(|&&k| after[k] == "joiner").count() as f64;
+    let expected = KEYS as f64 / (N + 1) as f64;
+    assert!(
+        (0.5 * expected..=1.5 * expected).contains(&to_joiner),
+        "{to_joiner} keys moved to the new instance, expected about {expected}"
+    );
+    // Maglev trades a little disruption for its even spread: allow 2% of
+    // keys to move between instances that stayed.
+    let between_old = moved.len() as f64 - to_joiner;
+    assert!(
+        between_old <= 0.02 * KEYS as f64,
+        "{between_old} keys moved between old instances"
+    );
+}
+
+#[test]
+fn maglev_shares_follow_weights() {
+    let weights = [100, 300, 600];
+    let endpoints = weighted(&weights);
+    let picker = Maglev::default().build(&endpoints);
+    let mut counts = [0usize; 3];
+    for k in 0..100_000 {
+        counts[picker.pick(&ctx_for_key(k)).unwrap()] += 1;
+    }
+    let got: Vec<f64> = counts.iter().map(|&c| c as f64 / 100_000.0).collect();
+    assert_weight_shares(&got, &weights, |_| true, 0.01);
+}
+
+#[test]
+fn maglev_rehashes_the_keys_of_an_ineligible_instance_consistently() {
+    let endpoints = uniform(6);
+    let picker = Maglev::default().build(&endpoints);
+    let not_0 = |i: usize| i != 0;
+    for k in 0..3_000u64 {
+        let all = picker.pick(&ctx_for_key(k)).unwrap();
+        let some = picker.pick(&ctx_for_key(k).with_eligible(&not_0)).unwrap();
+        if all != 0 {
+            assert_eq!(all, some, "key {k} moved though its instance is eligible");
+        }
+        assert_eq!(
+            picker.pick(&ctx_for_key(k).with_eligible(&not_0)),
+            Some(some)
+        );
+    }
 }
 
 // ------------------------------------------------------ load-aware policies
@@ -520,6 +601,7 @@ fn by_name_round_trips_every_name_and_alias() {
     assert_eq!(by_name("wrr").unwrap().name(), "weighted_round_robin");
     assert_eq!(by_name("p2c").unwrap().name(), "least_request");
     assert_eq!(by_name("consistent_hash").unwrap().name(), "ring_hash");
+    assert_eq!(by_name("maglev").unwrap().name(), "maglev");
 }
 
 #[test]

@@ -16,7 +16,8 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-fn now_nanos() -> u64 {
+/// Nanoseconds since the process epoch, the clock of [`Load`].
+pub(super) fn now_nanos() -> u64 {
     u64::try_from(epoch().elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
@@ -130,7 +131,14 @@ impl Load {
     /// The peak-EWMA cost: the decayed latency estimate
     /// ([`decayed_ewma_nanos`](Self::decayed_ewma_nanos)) × (in-flight + 1).
     pub fn peak_ewma_cost(&self) -> f64 {
-        self.decayed_ewma_nanos() * f64::from(self.in_flight() + 1)
+        self.peak_ewma_cost_at(now_nanos())
+    }
+
+    /// [`peak_ewma_cost`](Self::peak_ewma_cost) at `now` (from
+    /// [`now_nanos`]), so that a picker comparing endpoints reads the clock
+    /// once.
+    pub(super) fn peak_ewma_cost_at(&self, now: u64) -> f64 {
+        self.decayed_ewma_at(now) * f64::from(self.in_flight() + 1)
     }
 }
 

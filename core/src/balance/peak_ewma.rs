@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::load::now_nanos;
 use super::p2c::{inverse_weights, pick_cheaper};
 use super::{Balancer, Candidate, PickContext, Picker};
 
@@ -56,8 +57,9 @@ struct PeakEwmaPicker {
 
 impl Picker for PeakEwmaPicker {
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
+        let now = now_nanos();
         pick_cheaper(ctx, self.endpoints.len(), |i| {
-            self.endpoints[i].load().peak_ewma_cost() * self.inv_weight[i]
+            self.endpoints[i].load().peak_ewma_cost_at(now) * self.inv_weight[i]
         })
     }
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::{
-    Balancer, LeastRequest, PeakEwma, Random, RingHash, RoundRobin, WeightedRandom,
+    Balancer, LeastRequest, Maglev, PeakEwma, Random, RingHash, RoundRobin, WeightedRandom,
     WeightedRoundRobin,
 };
 
@@ -17,6 +17,7 @@ pub const POLICY_NAMES: &[&str] = &[
     "least_request",
     "peak_ewma",
     "ring_hash",
+    "maglev",
 ];
 
 /// Short names accepted by [`by_name`], with the policy each stands for.
@@ -76,6 +77,7 @@ pub fn by_name(name: &str) -> Result<Arc<dyn Balancer>, UnknownPolicy> {
         "least_request" => Arc::new(LeastRequest),
         "peak_ewma" => Arc::new(PeakEwma),
         "ring_hash" => Arc::new(RingHash::default()),
+        "maglev" => Arc::new(Maglev::default()),
         _ => {
             return Err(UnknownPolicy {
                 name: name.to_owned(),

@@ -9,9 +9,10 @@ use super::{Balancer, Candidate, PickContext, Picker};
 /// [`WeightedRandom`](super::WeightedRandom)).
 ///
 /// Stateless, so many clients sharing a set spread without coordination.
-/// When a drawn endpoint is ineligible the picker draws again a few times;
-/// when those miss too (most endpoints are ineligible), it draws among the
-/// eligible endpoints only, in O(n). The choice stays uniform either way.
+/// When a drawn endpoint is ineligible the picker draws again, so the choice
+/// stays uniform among the eligible endpoints; only when 16 draws in a
+/// row miss (most endpoints are ineligible) does it scan from a random
+/// start.
 ///
 /// ```
 /// use std::sync::Arc;

@@ -45,6 +45,9 @@ impl Stride {
     /// The next endpoint in the weighted sequence.
     pub(super) fn next(&self) -> usize {
         let len = self.owners.len() as u64;
+        if len == 0 {
+            return 0;
+        }
         let mut slot = 0;
         // The heaviest slot accepts in every generation, so one pass over
         // the slots always ends the loop.

@@ -3,11 +3,8 @@
 
 use std::sync::Arc;
 
-use super::sample::weighted_eligible;
+use super::sample::{scan_from, RANDOM_DRAWS};
 use super::{Balancer, Candidate, PickContext, Picker};
-
-/// Weighted draws tried before falling back to a scan.
-const DRAWS: usize = 4;
 
 /// Picks a random eligible endpoint with probability proportional to its
 /// weight.
@@ -15,9 +12,9 @@ const DRAWS: usize = 4;
 /// [`build`](Balancer::build) computes the prefix sums of the weights; a pick
 /// draws a number below the total and binary-searches it (O(log n), no
 /// allocation, no shared state). When the drawn endpoint is ineligible the
-/// picker draws again a few times; when those miss too (most endpoints are
-/// ineligible), it draws among the eligible endpoints only, in O(n). Either
-/// way the shares among eligible endpoints stay proportional to weights.
+/// picker draws again, so shares among the eligible endpoints stay
+/// proportional to their weights; only when 16 draws in a row miss
+/// (most endpoints are ineligible) does it scan onwards from the last draw.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -62,11 +59,6 @@ struct WeightedRandomPicker {
 }
 
 impl WeightedRandomPicker {
-    fn weight(&self, i: usize) -> u64 {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        self.ends[i] - start
-    }
-
     fn draw(&self, total: u64) -> usize {
         let r = fastrand::u64(..total);
         self.ends.partition_point(|&end| end <= r)
@@ -76,12 +68,13 @@ impl WeightedRandomPicker {
 impl Picker for WeightedRandomPicker {
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
         let total = *self.ends.last()?;
-        for _ in 0..DRAWS {
-            let i = self.draw(total);
+        let mut i = 0;
+        for _ in 0..RANDOM_DRAWS {
+            i = self.draw(total);
             if ctx.is_eligible(i) {
                 return Some(i);
             }
         }
-        weighted_eligible(ctx, self.ends.len(), |i| self.weight(i))
+        scan_from(ctx, i + 1, self.ends.len())
     }
 }

@@ -24,10 +24,10 @@ use super::{smooth, Balancer, Candidate, PickContext, Picker};
 /// round robin does), with weights at 16-bit precision and about two atomic
 /// increments per pick.
 ///
-/// An ineligible endpoint's turn passes to the next endpoint of the
-/// sequence (which then takes that turn as well as its own), so shares among
-/// the eligible endpoints stay proportional to their weights. After a few
-/// ineligible turns in a row the picker scans for any eligible endpoint.
+/// An ineligible endpoint's turn is skipped (used up, not handed to its
+/// neighbour in the sequence), so shares among the eligible endpoints stay
+/// proportional to their weights. After a few ineligible turns in a row the
+/// picker scans for any eligible endpoint.
 /// Each picker starts at a random point of its sequence, so clients do not
 /// move in lockstep.
 ///
