@@ -308,3 +308,19 @@ async fn selectors_and_disabled_instances_narrow_the_set() {
     );
     assert_eq!(servers[1].calls() + servers[2].calls(), 0);
 }
+
+#[tokio::test]
+async fn a_single_instance_is_retried_in_place() {
+    let server = TestServer::start();
+    let registry = Arc::new(MemoryRegistry::new());
+    registry.insert(instance("only", &server));
+    let client = client(registry, |b| {
+        b.failover(FailoverConfig::default().with_retry_interval(Duration::from_millis(5)))
+    })
+    .await;
+    server.fail_next(2);
+    check(client.clone()).await.unwrap();
+    let stats = client.stats();
+    assert_eq!(server.calls(), 3);
+    assert_eq!((stats.retries, stats.failovers), (2, 0));
+}

@@ -205,23 +205,55 @@ fn acquire(
         metrics::counter!(m::CLIENT_PANIC_PICKS, "service" => shared.service.to_string())
             .increment(1);
     }
-    let eligible = |i: usize| {
-        let core = &snap.endpoints[i].core;
-        !tried.contains(core) && (panic || core.is_available())
+    // First only endpoints this call has not tried; when every endpoint has
+    // been tried, a retry may go back to one (a single-instance service).
+    let passes: &[bool] = if attempt == 0 {
+        &[false]
+    } else {
+        &[false, true]
     };
-    for _ in 0..n {
+    for &allow_tried in passes {
+        let eligible = |i: usize| {
+            let core = &snap.endpoints[i].core;
+            (allow_tried || !tried.contains(core)) && (panic || core.is_available())
+        };
+        if let Some(found) = pick_available(shared, snap, ctx, prev, attempt, panic, &eligible) {
+            return Some(found);
+        }
+    }
+    // Nothing eligible: rather than fail, try the endpoint that failed least
+    // recently, breaker or not, preferring one this call has not tried.
+    snap.endpoints
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.core.is_healthy())
+        .min_by_key(|(_, e)| (tried.contains(&e.core), e.core.last_failure()))
+        .map(|(i, e)| (i, e.clone()))
+}
+
+/// Picks among eligible endpoints and claims a breaker slot on the pick.
+fn pick_available(
+    shared: &Shared,
+    snap: &Snapshot,
+    ctx: &CallCtx,
+    prev: Option<&Arc<EndpointCore>>,
+    attempt: u32,
+    panic: bool,
+    eligible: &(dyn Fn(usize) -> bool + Sync),
+) -> Option<(usize, Endpoint)> {
+    for _ in 0..snap.endpoints.len() {
         let pick = if attempt == 0 {
             let pctx = PickContext {
                 method: &ctx.method,
                 hash: ctx.hash,
                 attempt,
-                eligible: &eligible,
+                eligible,
             };
             snap.picker.pick(&pctx)
         } else {
-            pick_retry(shared.config.failover.strategy, snap, prev, &eligible)
+            pick_retry(shared.config.failover.strategy, snap, prev, eligible)
         };
-        let Some(i) = pick else { break };
+        let i = pick?;
         let ep = &snap.endpoints[i];
         if panic {
             return Some((i, ep.clone()));
@@ -235,14 +267,7 @@ fn acquire(
         }
         // Lost a race for the last half-open slot: pick again.
     }
-    // Nothing eligible: rather than fail, try the untried endpoint that
-    // failed least recently, breaker or not.
-    snap.endpoints
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| !tried.contains(&e.core) && e.core.is_healthy())
-        .min_by_key(|(_, e)| e.core.last_failure())
-        .map(|(i, e)| (i, e.clone()))
+    None
 }
 
 fn pick_retry(
@@ -328,7 +353,7 @@ impl Cancelled<'_> {
 impl Drop for Cancelled<'_> {
     fn drop(&mut self) {
         if let Some(core) = self.0.take() {
-            core.load.end(Duration::ZERO);
+            core.load.cancel();
             core.breaker.release();
         }
     }
@@ -360,7 +385,7 @@ fn observe(
                 BodyEnd::Error => Code::Unavailable,
                 BodyEnd::Dropped => {
                     // The caller went away: neither success nor failure.
-                    core.load.end(latency);
+                    core.load.cancel();
                     core.breaker.release();
                     record_call(&shared, &method, started, Code::Cancelled);
                     return;

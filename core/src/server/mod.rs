@@ -224,7 +224,10 @@ impl Lifecycle {
         ResBody: http_body::Body<Data = Bytes> + Send + 'static,
         ResBody::Error: Into<tonic::codegen::StdError>,
     {
-        let local = listener.local_addr().ok();
+        let local = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         let (drain_tx, drain_rx) = oneshot::channel::<()>();
         let mut server = pin!(router.serve_with_incoming_shutdown(
             TcpIncoming::from(listener),
@@ -233,7 +236,7 @@ impl Lifecycle {
                 let _ = drain_rx.await;
             },
         ));
-        tracing::info!(instance = %self.instance, listen = ?local, "serving");
+        tracing::info!(instance = %self.instance, listen = %local, "serving");
         let mirror = self.start_health().await;
 
         let registration = tokio::select! {

@@ -32,6 +32,8 @@ pub struct Faults {
     pub failing: AtomicBool,
     /// Delay before answering, milliseconds.
     pub delay_ms: AtomicU64,
+    /// Answer this many more calls with `Unavailable`.
+    pub fail_next: AtomicU64,
 }
 
 /// A server in its own runtime.
@@ -91,6 +93,11 @@ impl TestServer {
         self.faults.failing.store(failing, Ordering::SeqCst);
     }
 
+    /// Answers the next `n` calls with `Unavailable`.
+    pub fn fail_next(&self, n: u64) {
+        self.faults.fail_next.store(n, Ordering::SeqCst);
+    }
+
     /// Delays every answer.
     pub fn set_delay(&self, d: Duration) {
         self.faults
@@ -148,7 +155,11 @@ where
             if delay > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
-            if faults.failing.load(Ordering::SeqCst) {
+            let fail_once = faults
+                .fail_next
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if fail_once || faults.failing.load(Ordering::SeqCst) {
                 return Ok(Status::unavailable("injected failure").into_http());
             }
             inner.call(req).await

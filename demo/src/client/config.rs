@@ -1,0 +1,261 @@
+//! The `greet-client` command line, and the fyerrpc client it builds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use fyerrpc::breaker::{ConsecutiveFailures, OpenPolicy};
+use fyerrpc::failover::{FailoverConfig, Strategy};
+use fyerrpc::health::HealthCheckConfig;
+use fyerrpc::{Client, Registry};
+
+use super::ClientRunError;
+use crate::flags;
+use crate::proto::{GET_GREET_STATS, SERVICE_NAME};
+use crate::registry::RegistryKind;
+
+/// The servers of the example cluster.
+pub const DEFAULT_SERVERS: &str = "localhost:8001,localhost:8002,localhost:8003";
+
+/// What to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// basic, failover, breaker and concurrent, in that order.
+    All,
+    /// A few plain calls.
+    Basic,
+    /// Fast calls that trip the failing server, a wait for its recovery,
+    /// and a check that it serves again.
+    Failover,
+    /// Calls with a tiny deadline that trip a circuit breaker, a wait, and a
+    /// check that calls succeed again.
+    Breaker,
+    /// Calls in parallel.
+    Concurrent,
+    /// --requests calls with --concurrency in flight.
+    Load,
+}
+
+impl Scenario {
+    /// The flag value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Basic => "basic",
+            Self::Failover => "failover",
+            Self::Breaker => "breaker",
+            Self::Concurrent => "concurrent",
+            Self::Load => "load",
+        }
+    }
+}
+
+/// How the final metrics are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// A readable table, with the scenarios' narration on stdout.
+    Table,
+    /// One JSON object on stdout; the narration goes to stderr.
+    Json,
+}
+
+/// Runs the example's scenarios against the greet cluster through a fyerrpc
+/// client and prints the final metrics.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "greet-client", version)]
+pub struct ClientArgs {
+    /// Registry backend.
+    #[arg(long, value_enum, default_value_t = RegistryKind::Static, env = "FYERRPC_REGISTRY")]
+    pub registry: RegistryKind,
+    /// etcd endpoints or Consul agent address [default: the backend's local
+    /// default].
+    #[arg(long, env = "FYERRPC_REGISTRY_ADDR")]
+    pub registry_addr: Option<String>,
+    /// Server addresses for the static registry, comma-separated.
+    #[arg(long, default_value = DEFAULT_SERVERS)]
+    pub servers: String,
+    /// Balancing policy [default: the client's, least request].
+    #[arg(long)]
+    pub balancer: Option<String>,
+
+    /// Retries after a failed attempt.
+    #[arg(long, default_value_t = 3)]
+    pub max_retries: u32,
+    /// Delay before the first retry.
+    #[arg(long, default_value = "200ms", value_parser = flags::duration)]
+    pub retry_interval: Duration,
+    /// Growth of the retry delay per retry.
+    #[arg(long, default_value_t = 1.5, value_parser = flags::multiplier)]
+    pub backoff: f64,
+    /// Largest delay between attempts.
+    #[arg(long, default_value = "5s", value_parser = flags::duration)]
+    pub max_retry_delay: Duration,
+    /// Which untried instance a retry goes to: next, random or best.
+    #[arg(long, default_value = "next", value_parser = parse_strategy)]
+    pub failover_strategy: Strategy,
+    /// Consecutive failures that open an instance's circuit breaker.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub breaker_failures: u32,
+    /// How long an open breaker keeps its instance out.
+    #[arg(long, default_value = "5s", value_parser = flags::positive_duration)]
+    pub breaker_open: Duration,
+    /// Time limit to connect to an instance.
+    #[arg(long, default_value = "1s", value_parser = flags::positive_duration)]
+    pub connect_timeout: Duration,
+    /// Deadline of a call that sets none.
+    #[arg(long, default_value = "2s", value_parser = flags::positive_duration)]
+    pub request_timeout: Duration,
+    /// Interval of active gRPC health checks.
+    #[arg(long, default_value = "2s", value_parser = flags::positive_duration)]
+    pub health_interval: Duration,
+    /// Do not run active gRPC health checks.
+    #[arg(long)]
+    pub no_health_check: bool,
+    /// How long to wait for the first instances.
+    #[arg(long, default_value = "10s", value_parser = flags::positive_duration)]
+    pub ready_timeout: Duration,
+
+    /// What to run.
+    #[arg(long, value_enum, default_value_t = Scenario::All)]
+    pub scenario: Scenario,
+    /// Calls of the basic scenario.
+    #[arg(long, default_value_t = 3)]
+    pub basic_calls: u64,
+    /// Fast calls of the failover scenario. The original example sent 120
+    /// calls to one instance at a time; balanced over three servers, 360
+    /// calls give server A about 120, past its --fail-after 100.
+    #[arg(long, default_value_t = 360)]
+    pub failover_calls: u64,
+    /// Wait for the failing server to recover (its --fail-duration and some).
+    #[arg(long, default_value = "12s", value_parser = flags::duration)]
+    pub recovery_wait: Duration,
+    /// Calls after a recovery wait that check the cluster serves again.
+    #[arg(long, default_value_t = 10)]
+    pub verify_calls: u64,
+    /// Deadline shared by the breaker scenario's calls.
+    #[arg(long, default_value = "1ms", value_parser = flags::positive_duration)]
+    pub breaker_deadline: Duration,
+    /// Most calls the breaker scenario sends to trip a breaker.
+    #[arg(long, default_value_t = 30, value_parser = flags::positive)]
+    pub breaker_calls: u64,
+    /// Wait for open breakers to half-open [default: --breaker-open + 1s].
+    #[arg(long, value_parser = flags::duration)]
+    pub breaker_wait: Option<Duration>,
+    /// Calls of the concurrent scenario, all at once.
+    #[arg(long, default_value_t = 10, value_parser = flags::positive)]
+    pub concurrent_calls: u64,
+    /// Calls of the load scenario.
+    #[arg(long, default_value_t = 1000, value_parser = flags::positive)]
+    pub requests: u64,
+    /// Calls in flight in the load scenario.
+    #[arg(long, default_value_t = 10, value_parser = flags::positive)]
+    pub concurrency: u64,
+
+    /// Final metrics format.
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+fn parse_strategy(s: &str) -> Result<Strategy, String> {
+    s.parse()
+        .map_err(|e: fyerrpc::failover::FailoverConfigError| e.to_string())
+}
+
+impl ClientArgs {
+    /// The wait for breakers to half-open.
+    pub fn breaker_wait(&self) -> Duration {
+        self.breaker_wait
+            .unwrap_or(self.breaker_open + Duration::from_secs(1))
+    }
+
+    /// The failover policy from the flags.
+    pub fn failover(&self) -> FailoverConfig {
+        FailoverConfig::default()
+            .with_max_retries(self.max_retries)
+            .with_retry_interval(self.retry_interval)
+            .with_backoff_multiplier(self.backoff)
+            .with_max_retry_delay(self.max_retry_delay)
+            .with_strategy(self.failover_strategy)
+            .with_idempotent_methods([GET_GREET_STATS])
+    }
+
+    /// The breaker policy from the flags.
+    pub fn breaker(&self) -> ConsecutiveFailures {
+        ConsecutiveFailures::new(self.breaker_failures)
+            .with_open(OpenPolicy::default().with_base_open(self.breaker_open))
+    }
+
+    /// Opens the registry and builds the client (not yet waiting for
+    /// instances).
+    pub async fn build_client(&self) -> Result<Client, ClientRunError> {
+        let registry: Arc<dyn Registry> = crate::registry::open(
+            self.registry,
+            self.registry_addr.as_deref(),
+            SERVICE_NAME,
+            Some(&self.servers),
+        )
+        .await?;
+        let breaker = self.breaker();
+        breaker.validate().map_err(ClientRunError::Breaker)?;
+        let mut builder = Client::builder(SERVICE_NAME, registry)
+            .failover(self.failover())
+            .breaker(Arc::new(breaker))
+            .connect_timeout(self.connect_timeout)
+            .request_timeout(self.request_timeout);
+        if let Some(name) = &self.balancer {
+            let balancer = fyerrpc::balance::by_name(name).map_err(ClientRunError::Balancer)?;
+            builder = builder.balancer(balancer);
+        }
+        if !self.no_health_check {
+            builder = builder.health_check(
+                HealthCheckConfig::default()
+                    .with_interval(self.health_interval)
+                    .with_service(SERVICE_NAME),
+            );
+        }
+        Ok(builder.build().await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<ClientArgs, clap::Error> {
+        ClientArgs::try_parse_from(std::iter::once("greet-client").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_follow_the_example_client() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(a.servers, DEFAULT_SERVERS);
+        assert_eq!(a.scenario, Scenario::All);
+        let f = a.failover();
+        assert_eq!(f.retry_interval, Duration::from_millis(200));
+        assert_eq!(f.backoff_multiplier, 1.5);
+        assert_eq!(f.max_retry_delay, Duration::from_secs(5));
+        assert!(f.is_idempotent(GET_GREET_STATS));
+        let b = a.breaker();
+        assert_eq!(b.threshold, 3);
+        assert_eq!(b.open.base_open, Duration::from_secs(5));
+        assert_eq!(a.connect_timeout, Duration::from_secs(1));
+        assert_eq!(a.request_timeout, Duration::from_secs(2));
+        assert_eq!(a.recovery_wait, Duration::from_secs(12));
+        assert_eq!(a.breaker_wait(), Duration::from_secs(6));
+    }
+
+    #[test]
+    fn rejects_invalid_flags() {
+        for bad in [
+            &["--scenario", "chaos"][..],
+            &["--backoff", "0.5"],
+            &["--failover-strategy", "sideways"],
+            &["--breaker-failures", "0"],
+            &["--request-timeout", "soon"],
+            &["--concurrency", "0"],
+            &["--output", "xml"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}
