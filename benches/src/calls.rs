@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use fyerrpc::breaker::{ConsecutiveFailures, OpenPolicy};
 use fyerrpc::failover::{FailoverConfig, Strategy};
-use fyerrpc::{Client, Registry};
+use fyerrpc::{balance, Client, Registry};
 use fyerrpc_demo::proto::greet_service_client::GreetServiceClient;
 use fyerrpc_demo::proto::HelloRequest;
 use fyerrpc_registry_static::StaticRegistry;
@@ -79,7 +79,7 @@ pub async fn fyerrpc_client(cluster: &Cluster) -> Result<Client, Box<dyn Error +
         &cluster.address_list(),
     )?);
     let client = Client::builder(SERVICE, registry)
-        // BALANCE-PENDING .balancer(balance::by_name("p2c")?)
+        .balancer(balance::by_name("p2c")?)
         .breaker(Arc::new(ConsecutiveFailures::new(5).with_open(
             OpenPolicy::default().with_base_open(Duration::from_secs(5)),
         )))

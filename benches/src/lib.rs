@@ -17,6 +17,8 @@
 #![warn(missing_docs)]
 
 pub mod calls;
+pub mod picking;
+pub mod quality;
 pub mod server;
 pub mod table;
 pub mod tally;

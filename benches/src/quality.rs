@@ -9,6 +9,12 @@ use fyerrpc::balance::{Balancer, Candidate, Feedback, PickContext, Picker};
 
 use crate::picking::METHOD;
 
+/// Policies that ignore weights by design (their weighted counterparts do not).
+pub const IGNORES_WEIGHTS: &[&str] = &["round_robin", "random"];
+
+/// Consistent-hashing policies: the pick follows the request's hash key.
+pub const HASHING: &[&str] = &["ring_hash", "maglev"];
+
 /// The latency every simulated call takes: instances are equal.
 const LATENCY: Duration = Duration::from_millis(1);
 
