@@ -5,13 +5,18 @@
 //! with a worker per core.
 //!
 //! Each iteration is a batch of [`BATCH`] calls spread over the concurrent
-//! tasks; throughput is calls per second. At the end, a table of mean
-//! throughput and ratios (from this run) is printed.
+//! tasks; throughput is calls per second (wall time). The process CPU time
+//! of each batch is recorded too: CPU per call (client and servers
+//! together) is what decides throughput on a saturated machine, and unlike
+//! wall time it is barely affected by other work on the machine. At the
+//! end, a table of mean throughput, CPU per call and ratios (from this run)
+//! is printed.
 
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use fyerrpc_benches::calls::{Caller, Target};
+use fyerrpc_benches::cpu;
 use fyerrpc_benches::server::Cluster;
 use fyerrpc_benches::table::{ratio, thousands, Table};
 use fyerrpc_benches::tally::{RunMode, Tally};
@@ -34,7 +39,8 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         callers.push((target, rt.block_on(Caller::connect(target, &cluster))?));
     }
 
-    let tally: Tally<Key> = Tally::default();
+    let wall: Tally<Key> = Tally::default();
+    let cpu: Tally<Key> = Tally::default();
     let mut criterion = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
@@ -50,10 +56,12 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             group.bench_with_input(BenchmarkId::new(target.name(), conc), &conc, |b, &c| {
                 b.iter_custom(|iters| {
                     let calls = iters * BATCH;
+                    let cpu0 = cpu::process();
                     let elapsed = rt
                         .block_on(caller.run(calls, c))
                         .unwrap_or_else(|status| panic!("{target} failed a call: {status}"));
-                    tally.record(&key, calls, elapsed);
+                    cpu.record(&key, calls, cpu::process().saturating_sub(cpu0));
+                    wall.record(&key, calls, elapsed);
                     elapsed
                 });
             });
@@ -63,7 +71,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     criterion.final_summary();
 
     if mode.measure {
-        println!("\n{}", summary(&tally));
+        println!("\n{}", summary(&wall, &cpu));
     }
     drop(callers);
     drop(cluster);
@@ -71,7 +79,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     Ok(())
 }
 
-fn summary(tally: &Tally<Key>) -> String {
+fn summary(wall: &Tally<Key>, cpu: &Tally<Key>) -> String {
     let mut t = Table::new([
         "concurrency",
         "tonic (calls/s)",
@@ -79,10 +87,17 @@ fn summary(tally: &Tally<Key>) -> String {
         "fyerrpc (calls/s)",
         "fyerrpc / tonic",
         "fyerrpc / tonic balanced",
+        "CPU µs/call: tonic",
+        "tonic balanced",
+        "fyerrpc",
     ]);
     for conc in CONCURRENCY {
-        let rate = |target| tally.per_second(&(conc, target));
+        let rate = |target| wall.per_second(&(conc, target));
         let cell = |target| rate(target).map_or("-".to_owned(), thousands);
+        let cpu_us = |target| {
+            cpu.nanos_per(&(conc, target))
+                .map_or("-".to_owned(), |ns| format!("{:.1}", ns / 1e3))
+        };
         let f = rate(Target::Fyerrpc);
         t.row([
             conc.to_string(),
@@ -91,10 +106,14 @@ fn summary(tally: &Tally<Key>) -> String {
             cell(Target::Fyerrpc),
             ratio(f, rate(Target::Tonic)),
             ratio(f, rate(Target::TonicBalanced)),
+            cpu_us(Target::Tonic),
+            cpu_us(Target::TonicBalanced),
+            cpu_us(Target::Fyerrpc),
         ]);
     }
     format!(
-        "End to end, unary SayHello on loopback ({SERVERS} servers; mean over this run):\n\n{}",
+        "End to end, unary SayHello on loopback ({SERVERS} servers; mean over this run; \
+         CPU is the whole process, clients and servers):\n\n{}",
         t.render()
     )
 }

@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod calls;
+pub mod cpu;
 pub mod picking;
 pub mod quality;
 pub mod server;

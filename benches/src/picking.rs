@@ -2,10 +2,12 @@
 
 use std::hint::black_box;
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fyerrpc::balance::{self, Balancer, Candidate, PickContext, Picker};
 use fyerrpc::Instance;
+
+use crate::cpu;
 
 /// Instance-set sizes the pick benchmarks run at.
 pub const SIZES: [usize; 3] = [3, 100, 10_000];
@@ -53,13 +55,14 @@ pub fn keys(n: usize) -> Vec<u64> {
         .collect()
 }
 
-/// Picks `iters` times, cycling through `keys`, and returns the time taken.
+/// Picks `iters` times, cycling through `keys`, and returns the CPU time
+/// the thread spent (see [`cpu::thread`]).
 ///
 /// # Panics
 /// When `keys` is empty.
 pub fn pick_loop(picker: &dyn Picker, keys: &[u64], iters: u64) -> Duration {
     assert!(!keys.is_empty(), "pick_loop needs at least one key");
-    let started = Instant::now();
+    let started = cpu::thread();
     let mut k = 0;
     for _ in 0..iters {
         let ctx = PickContext::new(METHOD).with_hash(keys[k]);
@@ -69,11 +72,11 @@ pub fn pick_loop(picker: &dyn Picker, keys: &[u64], iters: u64) -> Duration {
             k = 0;
         }
     }
-    started.elapsed()
+    cpu::thread().saturating_sub(started)
 }
 
 /// Two threads pick `iters` times each from the same picker, starting
-/// together; returns the longer of the two threads' times.
+/// together; returns the larger of the two threads' CPU times.
 pub fn pick_two_threads(picker: &Arc<dyn Picker>, keys: &[u64], iters: u64) -> Duration {
     let barrier = Barrier::new(2);
     std::thread::scope(|s| {
