@@ -44,7 +44,13 @@ fn main() {
         let werr = if IGNORES_WEIGHTS.contains(&name) {
             "ignores weights".to_owned()
         } else {
-            let counts = simulate(&*balancer.build(&weighted), &weighted, picks, IN_FLIGHT, &keys);
+            let counts = simulate(
+                &*balancer.build(&weighted),
+                &weighted,
+                picks,
+                IN_FLIGHT,
+                &keys,
+            );
             format!("{:.1}%", 100.0 * weight_error(&counts, &WEIGHTS))
         };
         let moved = if HASHING.contains(&name) {

@@ -57,16 +57,28 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .enable_all()
         .build()?;
     let cluster = rt.block_on(async { Cluster::start(3) })?;
-    let mut t = Table::new(["target", "µs per call (wall)", "µs per call (CPU)", "allocations per call", "bytes allocated per call"]);
+    let mut t = Table::new([
+        "target",
+        "µs per call (wall)",
+        "µs per call (CPU)",
+        "allocations per call",
+        "bytes allocated per call",
+    ]);
     for round in 0..2 {
         for &target in &targets {
             let caller = rt.block_on(Caller::connect(target, &cluster))?;
             rt.block_on(caller.run(calls / 10, concurrency))?;
-            let (a0, b0) = (ALLOCS.load(Ordering::Relaxed), BYTES.load(Ordering::Relaxed));
+            let (a0, b0) = (
+                ALLOCS.load(Ordering::Relaxed),
+                BYTES.load(Ordering::Relaxed),
+            );
             let cpu0 = thread_cpu_nanos();
             let elapsed = rt.block_on(caller.run(calls, concurrency))?;
             let cpu1 = thread_cpu_nanos();
-            let (a1, b1) = (ALLOCS.load(Ordering::Relaxed), BYTES.load(Ordering::Relaxed));
+            let (a1, b1) = (
+                ALLOCS.load(Ordering::Relaxed),
+                BYTES.load(Ordering::Relaxed),
+            );
             if round == 1 {
                 let per = |v: u64| format!("{:.1}", v as f64 / calls as f64);
                 t.row([
@@ -79,6 +91,9 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             }
         }
     }
-    println!("{calls} calls at concurrency {concurrency}, one thread:\n\n{}", t.render());
+    println!(
+        "{calls} calls at concurrency {concurrency}, one thread:\n\n{}",
+        t.render()
+    );
     Ok(())
 }

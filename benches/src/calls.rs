@@ -105,9 +105,9 @@ impl Caller {
     ) -> Result<Self, Box<dyn Error + Send + Sync>> {
         let first = *cluster.addrs().first().ok_or("the cluster has no server")?;
         let caller = match target {
-            Target::Tonic => Caller::Channel(GreetServiceClient::new(
-                endpoint(first)?.connect().await?,
-            )),
+            Target::Tonic => {
+                Caller::Channel(GreetServiceClient::new(endpoint(first)?.connect().await?))
+            }
             Target::TonicBalanced => {
                 let endpoints = cluster
                     .addrs()
@@ -118,9 +118,9 @@ impl Caller {
                     endpoints.into_iter(),
                 )))
             }
-            Target::Fyerrpc => Caller::Fyerrpc(GreetServiceClient::new(
-                fyerrpc_client(cluster).await?,
-            )),
+            Target::Fyerrpc => {
+                Caller::Fyerrpc(GreetServiceClient::new(fyerrpc_client(cluster).await?))
+            }
         };
         // Enough concurrent calls that every server gets some.
         caller.run(64, 16).await?;

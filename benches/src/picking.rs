@@ -86,7 +86,9 @@ pub fn pick_two_threads(picker: &Arc<dyn Picker>, keys: &[u64], iters: u64) -> D
         };
         let other = s.spawn(run);
         let mine = run();
-        let theirs = other.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+        let theirs = other
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e));
         mine.max(theirs)
     })
 }

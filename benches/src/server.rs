@@ -66,8 +66,8 @@ impl Cluster {
             tasks: Vec::with_capacity(n),
         };
         for id in 0..n {
-            let incoming = TcpIncoming::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?
-                .with_nodelay(Some(true));
+            let incoming =
+                TcpIncoming::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?.with_nodelay(Some(true));
             cluster.addrs.push(incoming.local_addr()?);
             let (stop, stopped) = oneshot::channel::<()>();
             let serve = Server::builder()
