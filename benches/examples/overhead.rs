@@ -3,6 +3,10 @@
 //! current-thread runtime, so the differences are the clients' own costs).
 //!
 //! `cargo run --release -p fyerrpc-benches --example overhead [calls] [concurrency] [target...]`
+//!
+//! With `--prometheus` among the targets, a Prometheus recorder is installed
+//! first (as a service exporting its client metrics would), so the cost of
+//! the client's per-call metrics is included.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,7 +52,12 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut args = std::env::args().skip(1);
     let calls: u64 = args.next().map_or(Ok(20_000), |a| a.parse())?;
     let concurrency: usize = args.next().map_or(Ok(16), |a| a.parse())?;
-    let only: Vec<String> = args.collect();
+    let mut only: Vec<String> = args.collect();
+    if let Some(at) = only.iter().position(|a| a == "--prometheus") {
+        only.remove(at);
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        metrics::set_global_recorder(recorder)?;
+    }
     let targets: Vec<Target> = Target::ALL
         .into_iter()
         .filter(|t| only.is_empty() || only.iter().any(|o| o == t.name()))
