@@ -4,7 +4,8 @@
 //!
 //! `cargo run --release -p fyerrpc-benches --example overhead [calls] [concurrency] [target...]`
 //!
-//! With `--prometheus` among the targets, a Prometheus recorder is installed
+//! With `--multi-thread`, the runtime has a worker per core instead (the
+//! CPU column is then the whole process's). With `--prometheus`, a Prometheus recorder is installed
 //! first (as a service exporting its client metrics would), so the cost of
 //! the client's per-call metrics is included.
 
@@ -12,6 +13,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use fyerrpc_benches::calls::{Caller, Target};
+use fyerrpc_benches::cpu;
 use fyerrpc_benches::server::Cluster;
 use fyerrpc_benches::table::Table;
 
@@ -39,13 +41,10 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// CPU time of this thread, in nanoseconds (Linux: the first field of
-/// `/proc/thread-self/schedstat`); 0 where unavailable.
-fn thread_cpu_nanos() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
+/// Removes `flag` from `args`; whether it was there.
+fn take_flag(args: &mut Vec<String>, flag: &str) -> bool {
+    let at = args.iter().position(|a| a == flag);
+    at.map(|i| args.remove(i)).is_some()
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -53,18 +52,23 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let calls: u64 = args.next().map_or(Ok(20_000), |a| a.parse())?;
     let concurrency: usize = args.next().map_or(Ok(16), |a| a.parse())?;
     let mut only: Vec<String> = args.collect();
-    if let Some(at) = only.iter().position(|a| a == "--prometheus") {
-        only.remove(at);
+    if take_flag(&mut only, "--prometheus") {
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
         metrics::set_global_recorder(recorder)?;
     }
+    let multi = take_flag(&mut only, "--multi-thread");
     let targets: Vec<Target> = Target::ALL
         .into_iter()
         .filter(|t| only.is_empty() || only.iter().any(|o| o == t.name()))
         .collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = if multi {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    }
+    .enable_all()
+    .build()?;
+    let cpu_now = if multi { cpu::process } else { cpu::thread };
     let cluster = rt.block_on(async { Cluster::start(3) })?;
     let mut t = Table::new([
         "target",
@@ -81,9 +85,9 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 ALLOCS.load(Ordering::Relaxed),
                 BYTES.load(Ordering::Relaxed),
             );
-            let cpu0 = thread_cpu_nanos();
+            let cpu0 = cpu_now();
             let elapsed = rt.block_on(caller.run(calls, concurrency))?;
-            let cpu1 = thread_cpu_nanos();
+            let cpu1 = cpu_now();
             let (a1, b1) = (
                 ALLOCS.load(Ordering::Relaxed),
                 BYTES.load(Ordering::Relaxed),
@@ -93,7 +97,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 t.row([
                     target.name().to_owned(),
                     format!("{:.2}", elapsed.as_secs_f64() * 1e6 / calls as f64),
-                    format!("{:.2}", (cpu1 - cpu0) as f64 / 1e3 / calls as f64),
+                    format!("{:.2}", (cpu1 - cpu0).as_secs_f64() * 1e6 / calls as f64),
                     per(a1 - a0),
                     per(b1 - b0),
                 ]);
