@@ -77,6 +77,10 @@ pub fn pick_loop(picker: &dyn Picker, keys: &[u64], iters: u64) -> Duration {
 
 /// Two threads pick `iters` times each from the same picker, starting
 /// together; returns the larger of the two threads' CPU times.
+///
+/// Both threads are fresh and started one after the other, as a runtime
+/// starts its workers, so that per-thread state in a picker (such as striped
+/// counters) sees two distinct threads.
 pub fn pick_two_threads(picker: &Arc<dyn Picker>, keys: &[u64], iters: u64) -> Duration {
     let barrier = Barrier::new(2);
     std::thread::scope(|s| {
@@ -84,11 +88,11 @@ pub fn pick_two_threads(picker: &Arc<dyn Picker>, keys: &[u64], iters: u64) -> D
             barrier.wait();
             pick_loop(&**picker, keys, iters)
         };
-        let other = s.spawn(run);
-        let mine = run();
-        let theirs = other
-            .join()
-            .unwrap_or_else(|e| std::panic::resume_unwind(e));
-        mine.max(theirs)
+        let threads = [s.spawn(run), s.spawn(run)];
+        threads
+            .map(|t| t.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .into_iter()
+            .max()
+            .unwrap_or_default()
     })
 }
