@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use fyerrpc::registry::RegisterOptions;
 use fyerrpc::server::{bind, HealthFlag, Lifecycle, ServeError, Stopped};
-use fyerrpc::{Instance, InstanceError};
+use fyerrpc::{Instance, InstanceError, Registry};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -110,11 +110,8 @@ impl BoundServer {
         &self.instance
     }
 
-    /// Registers, serves until `shutdown` resolves, then deregisters, drains
-    /// in-flight calls and stops the health port.
+    /// Opens the registry chosen by the flags, then [`serve`](Self::serve)s.
     pub async fn run(self, shutdown: impl Future) -> Result<Stopped, ServerError> {
-        let instance = self.instance;
-        let id = instance.id().to_owned();
         let registry = registry::open(
             self.args.registry,
             self.args.registry_addr.as_deref(),
@@ -122,6 +119,18 @@ impl BoundServer {
             None,
         )
         .await?;
+        self.serve(registry, shutdown).await
+    }
+
+    /// Registers in `registry`, serves until `shutdown` resolves, then
+    /// deregisters, drains in-flight calls and stops the health port.
+    pub async fn serve(
+        self,
+        registry: Arc<dyn Registry>,
+        shutdown: impl Future,
+    ) -> Result<Stopped, ServerError> {
+        let instance = self.instance;
+        let id = instance.id().to_owned();
 
         let flag = HealthFlag::default();
         let detector = HealthDetector::new(self.args.faults(), flag.clone());
