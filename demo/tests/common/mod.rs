@@ -145,7 +145,7 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
     pub name: String,
-    pub labels: Vec<(String, String)>,
+    pub labels: Labels,
     pub value: f64,
 }
 
@@ -245,8 +245,11 @@ fn parse_sample(line: &str) -> Result<Sample, String> {
     })
 }
 
+/// Label pairs of a sample.
+type Labels = Vec<(String, String)>;
+
 /// Parses `k="v",...}` and returns the labels and the text after `}`.
-fn parse_labels(mut s: &str) -> Result<(Vec<(String, String)>, &str), String> {
+fn parse_labels(mut s: &str) -> Result<(Labels, &str), String> {
     let mut labels = Vec::new();
     loop {
         s = s.trim_start();
