@@ -9,12 +9,12 @@ Starts the greet cluster, runs greet-client against it, and stops it.
 
 Health, status and metrics of each server: http://localhost:1800N/health,
 /status, /metrics. Logs go to scripts\logs\, pid files to scripts\run\.
-Arguments after the named parameters are passed to greet-client.
+-ClientArgs passes arguments to greet-client.
 
 .EXAMPLE
 scripts\start_cluster.ps1
 .EXAMPLE
-scripts\start_cluster.ps1 --scenario load --requests 5000 --concurrency 50
+scripts\start_cluster.ps1 -ClientArgs '--scenario', 'load', '--requests', '5000', '--concurrency', '50'
 .EXAMPLE
 scripts\start_cluster.ps1 -Registry etcd -RegistryAddr http://127.0.0.1:2379
 #>
