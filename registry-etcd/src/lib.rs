@@ -1,1 +1,269 @@
-//! (in progress)
+//! # fyerrpc-registry-etcd
+//!
+//! A [`Registry`] on [etcd] v3: servers register themselves under a lease
+//! that a background task keeps alive, clients read and watch a key prefix.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use futures_util::StreamExt;
+//! use fyerrpc::registry::RegisterOptions;
+//! use fyerrpc::{Instance, Registry};
+//! use fyerrpc_registry_etcd::{EtcdConfig, EtcdRegistry};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = EtcdConfig::from_endpoints("http://127.0.0.1:2379")?;
+//! let registry: Arc<dyn Registry> = Arc::new(EtcdRegistry::connect(config).await?);
+//!
+//! // Server side: register, and stay registered until shutdown.
+//! let me = Instance::new("server-A", "GreetService", "127.0.0.1:8001")?;
+//! let registration = registry.register(me, RegisterOptions::default()).await?;
+//!
+//! // Client side: the current set, then the whole set after every change.
+//! let mut changes = registry.watch("GreetService", None).await?;
+//! while let Some(set) = changes.next().await {
+//!     println!("{} instance(s)", set?.len());
+//! #   break;
+//! }
+//!
+//! registration.shutdown().await?; // deletes the key, revokes the lease
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Key layout
+//!
+//! One key per instance, holding the instance as the shared JSON object of
+//! [`fyerrpc::instance`]:
+//!
+//! ```text
+//! {prefix}/{service}/{version}/{instance-id}   e.g. /fyerrpc/services/GreetService/v1/server-A
+//! ```
+//!
+//! The prefix defaults to [`DEFAULT_PREFIX`] (`/fyerrpc/services`) and is set
+//! with [`EtcdConfig::with_prefix`]. Discovery of a service reads
+//! `{prefix}/{service}/`, of one version `{prefix}/{service}/{version}/`.
+//! Entries that do not decode, or whose key disagrees with their value, are
+//! skipped with a warning and counted; they never stop discovery.
+//!
+//! ## Staying registered
+//!
+//! [`Registry::register`] grants a lease (the [`RegisterOptions::ttl`], whole
+//! seconds, default 10 s), writes the key under it and returns a
+//! [`Registration`] whose task renews the lease every TTL/3. When the lease
+//! is lost (etcd unreachable past the TTL, etcd restarted on an empty data
+//! dir) the task grants a new lease and writes the key again as soon as etcd
+//! answers, retrying with backoff (100 ms doubling up to 2 s); it logs this and
+//! counts it in [`metrics::REREGISTRATIONS_TOTAL`]. [`Registration::shutdown`]
+//! deletes the key and revokes the lease; [`Registration::abandon`] just stops,
+//! and the key disappears when its lease expires.
+//!
+//! ## Watching
+//!
+//! [`Registry::watch`] reads the prefix, yields the set, then watches from the
+//! next revision, so no change between the read and the watch is missed. When
+//! the watch breaks (etcd restarted, a member died, the revision was
+//! compacted) it reads the prefix again and watches on from there, with
+//! backoff; meanwhile the stream yields an `Err` per failed attempt and
+//! then the current set once etcd answers.
+//!
+//! ## Clusters, authentication, TLS
+//!
+//! [`EtcdConfig`] takes every member's client URL; requests are balanced over
+//! them, and a request that reached no member able to serve it (member down,
+//! leader election) is sent again until the request timeout, so a cluster
+//! keeps serving while one member is down. It also takes a user and password
+//! (a user whose role may only read and write `{prefix}/` is enough) and TLS
+//! files ([`TlsConfig`]: CA, client certificate for mutual TLS, server name);
+//! `https://` endpoints without TLS files trust the system's CAs.
+//!
+//! ## Metrics
+//!
+//! Counters in [`metrics`], labelled `backend="etcd"`: re-registrations,
+//! invalid entries skipped, watch restarts.
+//!
+//! ## Building and testing
+//!
+//! The etcd client's build compiles etcd's protobuf files and needs `protoc`
+//! (Debian/Ubuntu: `apt-get install protobuf-compiler`; elsewhere install
+//! the protobuf compiler or set `PROTOC`). The tests start real etcd
+//! processes: `scripts/fetch-etcd.sh` installs `protoc` when missing and
+//! provides an etcd binary (from the PATH, or the Debian package `etcd-server`
+//! unpacked into `.cache/`), then `cargo test -p fyerrpc-registry-etcd`.
+//!
+//! [etcd]: https://etcd.io
+//! [`DEFAULT_PREFIX`]: fyerrpc::instance::DEFAULT_PREFIX
+//! [`RegisterOptions::ttl`]: fyerrpc::registry::RegisterOptions::ttl
+//! [`Registration`]: fyerrpc::Registration
+//! [`Registration::shutdown`]: fyerrpc::Registration::shutdown
+//! [`Registration::abandon`]: fyerrpc::Registration::abandon
+
+#![warn(missing_docs)]
+
+mod backoff;
+mod config;
+mod entry;
+mod error;
+mod keeper;
+pub mod metrics;
+mod snapshot;
+mod watcher;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{Client, GetOptions};
+use fyerrpc::instance::{instance_key, service_prefix};
+use fyerrpc::registry::{channel_stream, RegisterOptions, Registration, WatchStream};
+use fyerrpc::{Instance, Registry, RegistryError};
+
+pub use config::{
+    EtcdConfig, TlsConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEP_ALIVE_INTERVAL,
+    DEFAULT_REQUEST_TIMEOUT,
+};
+pub use error::EtcdError;
+/// The etcd client crate this backend is built on.
+pub use etcd_client;
+
+use crate::error::call;
+use crate::keeper::Keeper;
+use crate::watcher::Watcher;
+
+/// A [`Registry`] on etcd. See the [crate docs](crate).
+///
+/// Cheap to clone: clones share one connection pool.
+#[derive(Clone)]
+pub struct EtcdRegistry {
+    client: Client,
+    prefix: Arc<str>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for EtcdRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdRegistry")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdRegistry {
+    /// Connects to the cluster and checks that it answers (one read of the
+    /// prefix), so that a wrong address, password or certificate fails here
+    /// rather than at the first registration. Once connected, the registry
+    /// rides out etcd outages by itself.
+    pub async fn connect(config: EtcdConfig) -> Result<Self, EtcdError> {
+        config.validate()?;
+        let options = config.connect_options()?;
+        let endpoints = config.client_endpoints();
+        let failed = |source| EtcdError::Connect {
+            endpoints: endpoints.join(","),
+            source,
+        };
+        let connecting = || Client::connect(&endpoints, Some(options.clone()));
+        let client = call(config.connect_timeout + config.request_timeout, connecting)
+            .await
+            .map_err(failed)?;
+        let registry = Self {
+            client,
+            prefix: config.prefix.into(),
+            timeout: config.request_timeout,
+        };
+        registry.probe().await.map_err(failed)?;
+        Ok(registry)
+    }
+
+    /// The etcd client, for anything this API does not cover.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// This registry as a shared trait object.
+    pub fn into_dyn(self) -> Arc<dyn Registry> {
+        Arc::new(self)
+    }
+
+    async fn probe(&self) -> Result<(), RegistryError> {
+        // `{prefix}/`: the range a user limited to the registry may read.
+        let root = format!("{}/", self.prefix.trim_end_matches('/'));
+        let root = &root;
+        call(self.timeout, || {
+            let mut kv = self.client.kv_client();
+            let options = GetOptions::new().with_prefix().with_count_only();
+            async move { kv.get(root.as_str(), Some(options)).await }
+        })
+        .await
+        .map(drop)
+    }
+
+    fn watcher(&self, service: &str, version: Option<&str>) -> Watcher {
+        Watcher {
+            client: self.client.clone(),
+            prefix: self.prefix.to_string(),
+            range: service_prefix(&self.prefix, service, version),
+            timeout: self.timeout,
+        }
+    }
+}
+
+#[async_trait]
+impl Registry for EtcdRegistry {
+    async fn register(
+        &self,
+        instance: Instance,
+        options: RegisterOptions,
+    ) -> Result<Registration, RegistryError> {
+        if options.ttl.is_zero() {
+            return Err(RegistryError::InvalidArgument(
+                "ttl must be positive".into(),
+            ));
+        }
+        let keeper = Keeper::new(
+            self.client.clone(),
+            &self.prefix,
+            instance.clone(),
+            options.ttl,
+            self.timeout,
+        );
+        let lease = keeper.register().await?;
+        Ok(Registration::spawn(instance, move |stop| {
+            keeper.run(lease, stop)
+        }))
+    }
+
+    async fn deregister(&self, instance: &Instance) -> Result<(), RegistryError> {
+        let key = instance_key(&self.prefix, instance);
+        let key = key.as_str();
+        call(self.timeout, || {
+            let mut kv = self.client.kv_client();
+            async move { kv.delete(key, None).await }
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn discover(
+        &self,
+        service: &str,
+        version: Option<&str>,
+    ) -> Result<Vec<Instance>, RegistryError> {
+        Ok(self.watcher(service, version).read().await?.instances())
+    }
+
+    async fn watch(
+        &self,
+        service: &str,
+        version: Option<&str>,
+    ) -> Result<WatchStream, RegistryError> {
+        let watcher = self.watcher(service, version);
+        let first = watcher.read().await?;
+        Ok(channel_stream(move |tx| watcher.run(first, tx)))
+    }
+}

@@ -1,0 +1,62 @@
+//! A three-member etcd cluster on loopback: losing one member (the leader)
+//! does not stop registration or discovery.
+
+mod common;
+
+use std::time::Duration;
+
+use fyerrpc::registry::RegisterOptions;
+use fyerrpc::Registry;
+
+use common::{connect, discover_until, init_tracing, instance, watch_until, EtcdCluster};
+
+const TTL: Duration = Duration::from_secs(2);
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// The index of the member that leads the cluster.
+async fn leader(cluster: &EtcdCluster) -> usize {
+    for (i, member) in cluster.members.iter().enumerate() {
+        let registry = connect(&member.endpoint()).await;
+        let mut maintenance = registry.client().maintenance_client();
+        let status = maintenance.status().await.expect("member status");
+        let me = status
+            .header()
+            .map(|h| h.member_id())
+            .expect("status header");
+        if status.leader() == me {
+            return i;
+        }
+    }
+    panic!("the cluster has no leader");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_and_discovery_survive_losing_the_leader() {
+    init_tracing();
+    let mut cluster = EtcdCluster::start(3);
+    let registry = connect(&cluster.endpoints()).await;
+    let options = RegisterOptions::default().with_ttl(TTL);
+    let a = registry
+        .register(instance("Greet", "a"), options.clone())
+        .await
+        .expect("register a");
+    let mut watch = registry.watch("Greet", None).await.expect("watch");
+    watch_until(&mut watch, &["a"], SETTLE).await;
+
+    let killed = leader(&cluster).await;
+    cluster.members[killed].stop();
+
+    // The registration is kept alive through the other members ...
+    tokio::time::sleep(TTL * 2).await;
+    discover_until(&registry, "Greet", &["a"], SETTLE).await;
+    // ... new registrations work, and the watch still follows changes.
+    let b = registry
+        .register(instance("Greet", "b"), options)
+        .await
+        .expect("register b with one member down");
+    watch_until(&mut watch, &["a", "b"], SETTLE).await;
+    a.shutdown().await.expect("shutdown a");
+    watch_until(&mut watch, &["b"], SETTLE).await;
+    b.shutdown().await.expect("shutdown b");
+    watch_until(&mut watch, &[], SETTLE).await;
+}
