@@ -160,11 +160,7 @@ impl BoundServer {
                 .into_future(),
         );
 
-        let health_url = format!(
-            "http://{}:{}/health",
-            instance.host(),
-            self.http_addr.port()
-        );
+        let health_url = health_url(instance.host(), self.http_addr.port());
         let options = RegisterOptions::default()
             .with_ttl(self.args.ttl)
             .with_health_url(health_url);
@@ -185,6 +181,15 @@ impl BoundServer {
     }
 }
 
+/// The URL of `/health` on `host`, bracketing IPv6 addresses.
+fn health_url(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("http://[{host}]:{port}/health")
+    } else {
+        format!("http://{host}:{port}/health")
+    }
+}
+
 /// Keeps the health gauge in step with the flag and drains histogram
 /// buffers now and then.
 async fn watch_health(flag: HealthFlag, metrics: ServerMetrics) {
@@ -196,5 +201,17 @@ async fn watch_health(flag: HealthFlag, metrics: ServerMetrics) {
             changed = changes.changed() => if changed.is_err() { return },
             _ = upkeep.tick() => metrics.upkeep(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn health_urls_bracket_ipv6_hosts() {
+        assert_eq!(super::health_url("::1", 9), "http://[::1]:9/health");
+        assert_eq!(
+            super::health_url("localhost", 9),
+            "http://localhost:9/health"
+        );
     }
 }
