@@ -7,7 +7,7 @@ const INITIAL: Duration = Duration::from_millis(100);
 /// Largest retry delay: how late, at most, a recovery notices that etcd is
 /// back.
 const MAX: Duration = Duration::from_secs(2);
-/// A session that lasted this long was healthy: the next failure starts the
+/// A run (watch, keep-alive) that lasted this long was healthy: the next failure starts the
 /// delays over.
 const STABLE: Duration = Duration::from_secs(5);
 
@@ -33,9 +33,9 @@ impl Backoff {
         half + half.mul_f64(fastrand::f64())
     }
 
-    /// Notes how long the last session (watch, keep-alive) lasted; a healthy
+    /// Notes how long the last run (watch, keep-alive) lasted; a healthy
     /// one resets the delays.
-    pub(crate) fn session_ended(&mut self, lasted: Duration) {
+    pub(crate) fn run_ended(&mut self, lasted: Duration) {
         if lasted >= STABLE {
             self.next = INITIAL;
         }
@@ -47,18 +47,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn grows_to_the_cap_and_resets_after_a_stable_session() {
+    fn grows_to_the_cap_and_resets_after_a_stable_run() {
         let mut b = Backoff::default();
         let delays: Vec<Duration> = (0..10).map(|_| b.next_delay()).collect();
         assert!(delays[0] <= INITIAL && delays[0] >= INITIAL / 2);
         assert!(delays.iter().all(|d| *d <= MAX));
         assert!(delays[9] >= MAX / 2);
-        b.session_ended(Duration::from_millis(10));
-        assert!(
-            b.next_delay() >= MAX / 2,
-            "a short session keeps backing off"
-        );
-        b.session_ended(STABLE);
+        b.run_ended(Duration::from_millis(10));
+        assert!(b.next_delay() >= MAX / 2, "a short run keeps backing off");
+        b.run_ended(STABLE);
         assert!(b.next_delay() <= INITIAL);
     }
 }

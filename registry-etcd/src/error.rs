@@ -84,13 +84,30 @@ const RETRY_PAUSE: Duration = Duration::from_millis(20);
 /// Longest pause between two attempts of one request.
 const MAX_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
+/// A request may be abandoned for another attempt after this share of the
+/// request timeout without an answer.
+const ATTEMPTS_PER_TIMEOUT: u32 = 4;
+/// ... but not sooner than this.
+const MIN_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// The error of an attempt that got no answer in time.
+fn unanswered(patience: Duration) -> ClientError {
+    ClientError::GRpcStatus(tonic::Status::unavailable(format!(
+        "no answer within {patience:?}"
+    )))
+}
+
 /// Whether the request failed because no member could serve it (connection
-/// refused or broken, no leader, leader changed), so that another attempt may
-/// reach a member that can.
+/// refused, closed or broken, no leader, leader changed), so that another
+/// attempt may reach a member that can. A broken connection shows as
+/// `Cancelled` or `Unknown` (an HTTP/2 protocol error).
 pub(crate) fn is_unavailable(e: &ClientError) -> bool {
     match e {
         ClientError::TransportError(_) | ClientError::IoError(_) => true,
-        ClientError::GRpcStatus(status) => status.code() == Code::Unavailable,
+        ClientError::GRpcStatus(status) => matches!(
+            status.code(),
+            Code::Unavailable | Code::Cancelled | Code::Unknown
+        ),
         _ => false,
     }
 }
@@ -99,8 +116,9 @@ pub(crate) fn is_unavailable(e: &ClientError) -> bool {
 /// another reason than [availability](is_unavailable), or `timeout` passes.
 ///
 /// The client balances requests over all endpoints and keeps sending some to
-/// a member that is down, so a request that found no member able to serve it
-/// is sent again (every request this crate makes may be repeated safely).
+/// a member that is down or hung, so a request that found no member able to
+/// serve it, or got no answer within a quarter of `timeout`, is sent again
+/// (every request this crate makes may be repeated safely).
 pub(crate) async fn call<T, Fut>(
     timeout: Duration,
     mut attempt: impl FnMut() -> Fut,
@@ -111,8 +129,11 @@ where
     let mut last = None;
     let attempts = async {
         let mut pause = RETRY_PAUSE;
+        let patience = (timeout / ATTEMPTS_PER_TIMEOUT).max(MIN_ATTEMPT_TIMEOUT);
         loop {
-            match attempt().await {
+            let answer = tokio::time::timeout(patience, attempt()).await;
+            let answer = answer.unwrap_or_else(|_| Err(unanswered(patience)));
+            match answer {
                 Err(e) if is_unavailable(&e) => {
                     tracing::trace!(error = %e, "etcd request failed; retrying");
                     last = Some(e);

@@ -106,7 +106,7 @@ impl Keeper {
                 mode = stop.stopped() => return self.stop(mode, lease).await,
                 reason = self.keep_alive(lease) => reason,
             };
-            backoff.session_ended(started.elapsed());
+            backoff.run_ended(started.elapsed());
             tracing::warn!(instance = %self.instance, lease = lease.id, %reason,
                 "etcd keep-alive interrupted; restoring the registration");
             lease = tokio::select! {
@@ -143,13 +143,16 @@ impl Keeper {
         let mut tick = tokio::time::interval(lease.period());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        // Past this without an answer the stream is taken as broken (and past
+        // the TTL the lease is likely gone anyway).
+        let patience = self.timeout.min(lease.ttl);
         let mut unanswered_since: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    if unanswered_since.is_some_and(|t| t.elapsed() > self.timeout) {
+                    if unanswered_since.is_some_and(|t| t.elapsed() > patience) {
                         return RegistryError::Unavailable(format!(
-                            "keep-alive unanswered for {:?}", self.timeout
+                            "keep-alive unanswered for {patience:?}"
                         ));
                     }
                     if let Err(e) = sender.keep_alive().await {
@@ -185,10 +188,16 @@ impl Keeper {
     async fn try_recover(&self, old: Lease) -> Result<Lease, RegistryError> {
         let remaining = call(self.timeout, || {
             let mut leases = self.client.lease_client();
-            async move { leases.time_to_live(old.id, None).await }
+            async move {
+                match leases.time_to_live(old.id, None).await {
+                    Ok(answer) => Ok(answer.ttl()),
+                    Err(e) if is_not_found(&e) => Ok(-1),
+                    Err(e) => Err(e),
+                }
+            }
         })
         .await?;
-        if remaining.ttl() > 0 {
+        if remaining > 0 {
             self.put(old).await?;
             tracing::info!(instance = %self.instance, lease = old.id,
                 "etcd keep-alive restored; the lease survived");

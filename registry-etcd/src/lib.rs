@@ -55,8 +55,10 @@
 //! dir) the task grants a new lease and writes the key again as soon as etcd
 //! answers, retrying with backoff (100 ms doubling up to 2 s); it logs this and
 //! counts it in [`metrics::REREGISTRATIONS_TOTAL`]. [`Registration::shutdown`]
-//! deletes the key and revokes the lease; [`Registration::abandon`] just stops,
-//! and the key disappears when its lease expires.
+//! deletes the key and revokes the lease (if etcd is unreachable it reports
+//! that after the request timeout, and the key expires with its lease);
+//! [`Registration::abandon`] just stops, and the key disappears when its lease
+//! expires.
 //!
 //! ## Watching
 //!

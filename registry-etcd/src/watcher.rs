@@ -25,7 +25,7 @@ use crate::snapshot::Snapshot;
 
 type Tx = Sender<Result<Vec<Instance>, RegistryError>>;
 
-/// Why a watch session ended.
+/// Why one watch (read, then watch) ended.
 enum End {
     /// The stream's receiver is gone: stop.
     Closed,
@@ -62,7 +62,7 @@ impl Watcher {
         let mut snapshot = Some(first);
         loop {
             let started = Instant::now();
-            match self.session(snapshot.take(), &mut out).await {
+            match self.watch_once(snapshot.take(), &mut out).await {
                 End::Closed => return,
                 End::Compacted(revision) => {
                     metrics::watch_restarted();
@@ -70,7 +70,7 @@ impl Watcher {
                         "watched revision was compacted; reading the range again");
                 }
                 End::Failed(error) => {
-                    backoff.session_ended(started.elapsed());
+                    backoff.run_ended(started.elapsed());
                     if out.failing {
                         tracing::debug!(range = %self.range, %error, "etcd watch still failing");
                     } else {
@@ -91,7 +91,7 @@ impl Watcher {
     }
 
     /// One read (unless given) and one watch, until the watch ends.
-    async fn session(&self, snapshot: Option<Snapshot>, out: &mut Output) -> End {
+    async fn watch_once(&self, snapshot: Option<Snapshot>, out: &mut Output) -> End {
         let mut snapshot = match snapshot {
             Some(s) => s,
             None => match self.read().await {

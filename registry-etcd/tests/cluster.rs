@@ -30,8 +30,16 @@ async fn leader(cluster: &EtcdCluster) -> usize {
     panic!("the cluster has no leader");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registration_and_discovery_survive_losing_the_leader() {
+/// How a member is lost.
+#[derive(Clone, Copy)]
+enum Loss {
+    /// The process dies: connections are refused.
+    Killed,
+    /// The process hangs: connections stay open, nothing answers.
+    Frozen,
+}
+
+async fn survives_losing_the_leader(loss: Loss) {
     init_tracing();
     let mut cluster = EtcdCluster::start(3);
     let registry = connect(&cluster.endpoints()).await;
@@ -43,8 +51,11 @@ async fn registration_and_discovery_survive_losing_the_leader() {
     let mut watch = registry.watch("Greet", None).await.expect("watch");
     watch_until(&mut watch, &["a"], SETTLE).await;
 
-    let killed = leader(&cluster).await;
-    cluster.members[killed].stop();
+    let lost = leader(&cluster).await;
+    match loss {
+        Loss::Killed => cluster.members[lost].stop(),
+        Loss::Frozen => cluster.members[lost].freeze(),
+    }
 
     // The registration is kept alive through the other members ...
     tokio::time::sleep(TTL * 2).await;
@@ -59,4 +70,17 @@ async fn registration_and_discovery_survive_losing_the_leader() {
     watch_until(&mut watch, &["b"], SETTLE).await;
     b.shutdown().await.expect("shutdown b");
     watch_until(&mut watch, &[], SETTLE).await;
+    if let Loss::Frozen = loss {
+        cluster.members[lost].thaw();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_and_discovery_survive_the_leader_dying() {
+    survives_losing_the_leader(Loss::Killed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_and_discovery_survive_the_leader_hanging() {
+    survives_losing_the_leader(Loss::Frozen).await;
 }

@@ -16,7 +16,8 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-fn now_nanos() -> u64 {
+/// Nanoseconds since the process epoch, the clock of [`Load`].
+pub(super) fn now_nanos() -> u64 {
     u64::try_from(epoch().elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
@@ -61,6 +62,14 @@ impl Load {
         self.observe(latency);
     }
 
+    /// A call on the endpoint ends without a latency sample (cancelled by
+    /// the caller before it completed).
+    pub fn cancel(&self) {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
     /// Requests in flight now.
     #[inline]
     pub fn in_flight(&self) -> u32 {
@@ -99,9 +108,37 @@ impl Load {
         }
     }
 
-    /// The peak-EWMA cost: latency estimate × (in-flight + 1).
+    /// The latency estimate in nanoseconds decayed towards zero for the time
+    /// since the last sample (a neutral 1 ms before any sample). Reading
+    /// does not change the estimate.
+    ///
+    /// Without this decay an endpoint that once turned slow would never be
+    /// picked again by a latency-aware policy, so its estimate would never
+    /// improve; with it, an idle endpoint is probed again after a while.
+    pub fn decayed_ewma_nanos(&self) -> f64 {
+        self.decayed_ewma_at(now_nanos())
+    }
+
+    fn decayed_ewma_at(&self, now: u64) -> f64 {
+        let v = f64::from_bits(self.ewma.load(Ordering::Relaxed));
+        if v == 0.0 {
+            return DEFAULT_RTT_NANOS;
+        }
+        let idle = now.saturating_sub(self.stamp.load(Ordering::Relaxed)) as f64;
+        v * (-idle / EWMA_DECAY.as_nanos() as f64).exp()
+    }
+
+    /// The peak-EWMA cost: the decayed latency estimate
+    /// ([`decayed_ewma_nanos`](Self::decayed_ewma_nanos)) × (in-flight + 1).
     pub fn peak_ewma_cost(&self) -> f64 {
-        self.ewma_nanos() * f64::from(self.in_flight() + 1)
+        self.peak_ewma_cost_at(now_nanos())
+    }
+
+    /// [`peak_ewma_cost`](Self::peak_ewma_cost) at `now` (from
+    /// [`now_nanos`]), so that a picker comparing endpoints reads the clock
+    /// once.
+    pub(super) fn peak_ewma_cost_at(&self, now: u64) -> f64 {
+        self.decayed_ewma_at(now) * f64::from(self.in_flight() + 1)
     }
 }
 
@@ -127,5 +164,23 @@ mod tests {
         l.end(Duration::from_millis(1));
         assert_eq!(l.in_flight(), 0, "never below zero");
         assert!(l.ewma_nanos() > 1e6, "a low sample decays in slowly");
+    }
+
+    #[test]
+    fn cost_counts_in_flight_and_decays_when_idle() {
+        let l = Load::new();
+        assert_eq!(l.peak_ewma_cost(), DEFAULT_RTT_NANOS);
+        l.observe(Duration::from_millis(10));
+        let idle = l.peak_ewma_cost();
+        assert!(idle <= 1e7 && idle > 0.99e7, "{idle}");
+        l.start();
+        let busy = l.peak_ewma_cost();
+        assert!(busy > 1.9 * idle, "{busy} vs {idle}");
+        // One decay period after the sample, the estimate read back has
+        // decayed by 1/e; the stored estimate has not.
+        let decay = u64::try_from(EWMA_DECAY.as_nanos()).unwrap();
+        let decayed = l.decayed_ewma_at(l.stamp.load(Ordering::Relaxed) + decay);
+        assert!(decayed < 1e7 * 0.37 && decayed > 1e7 * 0.36, "{decayed}");
+        assert!((l.ewma_nanos() - 1e7).abs() < 1.0);
     }
 }

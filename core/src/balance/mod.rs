@@ -27,10 +27,26 @@
 //! that must survive set changes (in-flight requests, latency) lives in the
 //! candidate's [`Load`], which the client keeps for as long as the instance
 //! stays registered.
+//!
+//! The built-in policies, by the name [`by_name`] takes (flags, config):
+//!
+//! | name (alias) | policy | pick cost |
+//! |---|---|---|
+//! | `round_robin` (`rr`) | [`RoundRobin`]: each in turn, weights ignored | O(1) |
+//! | `weighted_round_robin` (`wrr`) | [`WeightedRoundRobin`]: smooth, interleaved, by weight | O(1) |
+//! | `random` | [`Random`]: uniform | O(1) |
+//! | `weighted_random` | [`WeightedRandom`]: by weight | O(log n) |
+//! | `least_request` (`p2c`) | [`LeastRequest`]: power of two choices on requests in flight | O(1) |
+//! | `peak_ewma` | [`PeakEwma`]: power of two choices on peak-EWMA latency | O(1) |
+//! | `ring_hash` (`consistent_hash`) | [`RingHash`]: consistent hashing on the hash key, weighted ring | O(log n) |
+//! | `maglev` | [`Maglev`]: consistent hashing on the hash key, lookup table | O(1) |
+//!
+//! Every picker is lock-free and allocation-free, never returns an
+//! ineligible endpoint, and returns `None` only when no endpoint is eligible.
 
 mod load;
 
-pub use load::Load;
+pub use load::{Load, EWMA_DECAY};
 
 use std::fmt;
 use std::sync::Arc;
@@ -200,7 +216,12 @@ pub fn hash_key(key: &[u8]) -> u64 {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    // Finalize (splitmix64) so that similar keys spread over the ring.
+    // Finalize so that similar keys spread over the ring.
+    mix64(h)
+}
+
+/// The splitmix64 finalizer: a bijective, well-spread 64-bit mix.
+fn mix64(mut h: u64) -> u64 {
     h ^= h >> 30;
     h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     h ^= h >> 27;
@@ -208,5 +229,26 @@ pub fn hash_key(key: &[u8]) -> u64 {
     h ^ (h >> 31)
 }
 
+mod least_request;
+mod maglev;
+mod p2c;
+mod peak_ewma;
+mod policy;
+mod random;
+mod ring_hash;
 mod round_robin;
+mod sample;
+mod smooth;
+mod stride;
+mod weighted_random;
+mod weighted_round_robin;
+
+pub use least_request::LeastRequest;
+pub use maglev::Maglev;
+pub use peak_ewma::PeakEwma;
+pub use policy::{by_name, UnknownPolicy, POLICY_ALIASES, POLICY_NAMES};
+pub use random::Random;
+pub use ring_hash::RingHash;
 pub use round_robin::RoundRobin;
+pub use weighted_random::WeightedRandom;
+pub use weighted_round_robin::WeightedRoundRobin;

@@ -3,13 +3,32 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use super::sample::follow;
 use super::{Balancer, Candidate, PickContext, Picker};
 
 /// Round robin over the endpoints, skipping ineligible ones. Weights are
 /// ignored (see [`WeightedRoundRobin`](super::WeightedRoundRobin)).
 ///
-/// Each picker starts at a random offset so that many clients do not hit the
-/// same instance first.
+/// A pick is one atomic increment. An ineligible endpoint's turn is skipped
+/// (used up, so the eligible endpoints keep equal shares); after a few
+/// ineligible turns in a row the picker scans for any eligible endpoint. Each picker starts at a random
+/// offset so that many clients do not hit the same instance first.
+///
+/// ```
+/// use std::sync::Arc;
+/// use fyerrpc::balance::{Balancer, Candidate, PickContext, RoundRobin};
+/// use fyerrpc::Instance;
+///
+/// let endpoints: Vec<Candidate> = (1..=3)
+///     .map(|i| Candidate::new(Arc::new(
+///         Instance::new(format!("s{i}"), "Greet", format!("127.0.0.1:800{i}")).unwrap(),
+///     )))
+///     .collect();
+/// let picker = RoundRobin.build(&endpoints);
+/// let ctx = PickContext::new("/GreetService/SayHello");
+/// let first = picker.pick(&ctx).unwrap();
+/// assert_eq!(picker.pick(&ctx), Some((first + 1) % 3));
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RoundRobin;
 
@@ -22,7 +41,7 @@ impl Balancer for RoundRobin {
         let n = endpoints.len();
         Arc::new(RoundRobinPicker {
             n,
-            next: AtomicUsize::new(if n == 0 { 0 } else { fastrand::usize(..n) }),
+            next: AtomicUsize::new(fastrand::usize(..n.max(1))),
         })
     }
 }
@@ -35,16 +54,8 @@ struct RoundRobinPicker {
 
 impl Picker for RoundRobinPicker {
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
-        if self.n == 0 {
-            return None;
-        }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % self.n;
-        for k in 0..self.n {
-            let i = (start + k) % self.n;
-            if ctx.is_eligible(i) {
-                return Some(i);
-            }
-        }
-        None
+        follow(ctx, self.n, || {
+            self.next.fetch_add(1, Ordering::Relaxed) % self.n
+        })
     }
 }

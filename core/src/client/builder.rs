@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use super::snapshot::{run_discovery, Snapshot};
 use super::{Client, Shared, TaskGuard};
-use crate::balance::{Balancer, RoundRobin as LeastRequest};
+use crate::balance::{Balancer, LeastRequest};
 use crate::breaker::{BreakerPolicy, ConsecutiveFailures};
 use crate::discovery::Selector;
 use crate::failover::classify::FailureClassifier;
@@ -100,7 +100,7 @@ impl ClientBuilder {
             service,
             registry,
             config: Config {
-                balancer: Arc::new(LeastRequest::default()),
+                balancer: Arc::new(LeastRequest),
                 breaker: Arc::new(ConsecutiveFailures::default()),
                 failover: FailoverConfig::default(),
                 classifier: FailureClassifier::default(),

@@ -328,7 +328,7 @@ impl Cancelled<'_> {
 impl Drop for Cancelled<'_> {
     fn drop(&mut self) {
         if let Some(core) = self.0.take() {
-            core.load.end(Duration::ZERO);
+            core.load.cancel();
             core.breaker.release();
         }
     }
@@ -360,7 +360,7 @@ fn observe(
                 BodyEnd::Error => Code::Unavailable,
                 BodyEnd::Dropped => {
                     // The caller went away: neither success nor failure.
-                    core.load.end(latency);
+                    core.load.cancel();
                     core.breaker.release();
                     record_call(&shared, &method, started, Code::Cancelled);
                     return;

@@ -1,4 +1,4 @@
-//! Test fixtures: real etcd processes on free loopback ports, and helpers to
+//! Test fixtures: real etcd processes on free loopback ports, and functions to
 //! wait for registry states.
 #![allow(dead_code)] // each test binary uses a different part
 
@@ -18,6 +18,8 @@ use tempfile::TempDir;
 
 /// How long an etcd process may take to become healthy.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many times a cluster is started on new ports when one was taken.
+const START_ATTEMPTS: usize = 3;
 
 /// The etcd binary: `$FYERRPC_ETCD_BIN`, `etcd` on the PATH, or the one
 /// `scripts/fetch-etcd.sh` unpacked into the cache. Panics if there is none.
@@ -88,13 +90,7 @@ impl EtcdServer {
 
     /// A single-member etcd serving clients over TLS, started.
     pub fn start_tls(tls: ServerTls) -> Self {
-        let (client, peer) = (free_port(), free_port());
-        let cluster = format!("m0=http://127.0.0.1:{peer}");
-        let mut server = Self::new("m0".into(), cluster, "fyerrpc-tls".into(), (client, peer));
-        server.tls = Some(tls);
-        server.spawn();
-        server.wait_ready();
-        server
+        EtcdCluster::start_with(1, Some(tls)).members.remove(0)
     }
 
     fn new(name: String, initial_cluster: String, token: String, ports: (u16, u16)) -> Self {
@@ -179,27 +175,32 @@ impl EtcdServer {
 
     /// Waits until the member reports itself healthy (it has a leader).
     fn wait_ready(&mut self) {
+        if let Err(e) = self.try_wait_ready() {
+            panic!("{e}");
+        }
+    }
+
+    /// Waits until the member is healthy; `Err` with its log if it exits or
+    /// takes too long.
+    fn try_wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!(
-                        "etcd {} exited with {status}:\n{}",
-                        self.name,
-                        self.log_tail()
-                    );
+                    let log = self.log_tail();
+                    return Err(format!("etcd {} exited with {status}:\n{log}", self.name));
                 }
             }
             if self.healthy() {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!(
-            "etcd {} not healthy within {START_TIMEOUT:?}:\n{}",
-            self.name,
-            self.log_tail()
-        );
+        let log = self.log_tail();
+        Err(format!(
+            "etcd {} not healthy within {START_TIMEOUT:?}:\n{log}",
+            self.name
+        ))
     }
 
     fn healthy(&self) -> bool {
@@ -233,6 +234,26 @@ impl EtcdServer {
         }
     }
 
+    /// Suspends the process (SIGSTOP): its connections stay open but nothing
+    /// answers, as with a hung host.
+    pub fn freeze(&mut self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes a frozen process (SIGCONT).
+    pub fn thaw(&mut self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("etcd is running").id();
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} {pid} failed");
+    }
+
     /// Starts the member again on the same ports and data dir.
     pub fn restart(&mut self) {
         self.stop();
@@ -264,6 +285,31 @@ pub struct EtcdCluster {
 impl EtcdCluster {
     /// Starts `n` members and waits until all are healthy.
     pub fn start(n: usize) -> Self {
+        Self::start_with(n, None)
+    }
+
+    /// Starts `n` members, serving clients over TLS if `tls` is given. A port
+    /// picked as free may be taken before etcd binds it (by another test's
+    /// connection): then the cluster starts over on other ports.
+    fn start_with(n: usize, tls: Option<ServerTls>) -> Self {
+        let mut failure = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let mut members = Self::members(n);
+            for member in &mut members {
+                member.tls.clone_from(&tls);
+                member.spawn();
+            }
+            match members.iter_mut().try_for_each(EtcdServer::try_wait_ready) {
+                Ok(()) => return Self { members },
+                Err(e) if e.contains("address already in use") => failure = e,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("etcd could not bind its ports {START_ATTEMPTS} times:\n{failure}");
+    }
+
+    /// `n` members on fresh ports, not started.
+    fn members(n: usize) -> Vec<EtcdServer> {
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let names: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
         let initial_cluster = names
@@ -273,16 +319,13 @@ impl EtcdCluster {
             .collect::<Vec<_>>()
             .join(",");
         let token = format!("fyerrpc-test-{:08x}", fastrand::u32(..));
-        let mut members: Vec<EtcdServer> = names
+        names
             .into_iter()
             .zip(ports)
             .map(|(name, ports)| {
                 EtcdServer::new(name, initial_cluster.clone(), token.clone(), ports)
             })
-            .collect();
-        members.iter_mut().for_each(EtcdServer::spawn);
-        members.iter_mut().for_each(EtcdServer::wait_ready);
-        Self { members }
+            .collect()
     }
 
     /// All client URLs, comma-separated.
