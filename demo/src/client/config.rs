@@ -74,8 +74,10 @@ pub struct ClientArgs {
     /// Server addresses for the static registry, comma-separated.
     #[arg(long, default_value = DEFAULT_SERVERS)]
     pub servers: String,
-    /// Balancing policy [default: the client's, least request].
-    #[arg(long)]
+    /// Balancing policy: round_robin, weighted_round_robin, random,
+    /// weighted_random, least_request (alias p2c), peak_ewma, ring_hash,
+    /// maglev [default: the client's, least_request].
+    #[arg(long, value_parser = parse_balancer)]
     pub balancer: Option<String>,
 
     /// Retries after a failed attempt.
@@ -156,6 +158,13 @@ pub struct ClientArgs {
     /// Final metrics format.
     #[arg(long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+}
+
+/// Checks a policy name; keeps its canonical form.
+fn parse_balancer(s: &str) -> Result<String, String> {
+    fyerrpc::balance::by_name(s)
+        .map(|b| b.name().to_owned())
+        .map_err(|e| e.to_string())
 }
 
 fn parse_strategy(s: &str) -> Result<Strategy, String> {
