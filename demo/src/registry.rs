@@ -78,13 +78,15 @@ pub async fn open(
 #[cfg(feature = "etcd")]
 async fn etcd(addr: &str) -> Result<Arc<dyn Registry>, RegistrySetupError> {
     use fyerrpc_registry_etcd::{EtcdConfig, EtcdRegistry};
-    let connect_error = |e: fyerrpc_registry_etcd::EtcdError| RegistrySetupError::Connect {
+    let failed = |e: &dyn std::error::Error| RegistrySetupError::Connect {
         kind: "etcd",
         addr: addr.to_owned(),
-        reason: e.to_string(),
+        reason: crate::error_chain(e),
     };
-    let config = EtcdConfig::from_endpoints(addr).map_err(connect_error)?;
-    let registry = EtcdRegistry::connect(config).await.map_err(connect_error)?;
+    let config = EtcdConfig::from_endpoints(addr).map_err(|e| failed(&e))?;
+    let registry = EtcdRegistry::connect(config)
+        .await
+        .map_err(|e| failed(&e))?;
     Ok(Arc::new(registry))
 }
 
@@ -100,7 +102,7 @@ async fn consul(addr: &str) -> Result<Arc<dyn Registry>, RegistrySetupError> {
         RegistrySetupError::Connect {
             kind: "consul",
             addr: addr.to_owned(),
-            reason: e.to_string(),
+            reason: crate::error_chain(&e),
         }
     })?;
     Ok(Arc::new(registry))

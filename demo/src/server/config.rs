@@ -26,7 +26,7 @@ pub struct ServerArgs {
     /// address, with 127.0.0.1 for an unspecified host].
     #[arg(long)]
     pub advertise: Option<String>,
-    /// Instance id [default: server-<port>].
+    /// Instance id [default: server-PORT].
     #[arg(long)]
     pub id: Option<String>,
     /// Fail every call for --fail-duration after this many calls (0: never).
