@@ -12,7 +12,7 @@ use fyerrpc::{Client, Registry};
 use super::ClientRunError;
 use crate::flags;
 use crate::proto::{GET_GREET_STATS, SERVICE_NAME};
-use crate::registry::RegistryKind;
+use crate::registry::RegistryArgs;
 
 /// The servers of the example cluster.
 pub const DEFAULT_SERVERS: &str = "localhost:8001,localhost:8002,localhost:8003";
@@ -64,13 +64,9 @@ pub enum Output {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "greet-client", version)]
 pub struct ClientArgs {
-    /// Registry backend.
-    #[arg(long, value_enum, default_value_t = RegistryKind::Static, env = "FYERRPC_REGISTRY")]
-    pub registry: RegistryKind,
-    /// etcd endpoints or Consul agent address [default: the backend's local
-    /// default].
-    #[arg(long, env = "FYERRPC_REGISTRY_ADDR")]
-    pub registry_addr: Option<String>,
+    /// Registry backend and its connection options.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Server addresses for the static registry, comma-separated.
     #[arg(long, default_value = DEFAULT_SERVERS)]
     pub servers: String,
@@ -199,13 +195,8 @@ impl ClientArgs {
     /// Opens the registry and builds the client (not yet waiting for
     /// instances).
     pub async fn build_client(&self) -> Result<Client, ClientRunError> {
-        let registry: Arc<dyn Registry> = crate::registry::open(
-            self.registry,
-            self.registry_addr.as_deref(),
-            SERVICE_NAME,
-            Some(&self.servers),
-        )
-        .await?;
+        let registry: Arc<dyn Registry> =
+            crate::registry::open(&self.registry, SERVICE_NAME, Some(&self.servers)).await?;
         let breaker = self.breaker();
         breaker.validate().map_err(ClientRunError::Breaker)?;
         let mut builder = Client::builder(SERVICE_NAME, registry)

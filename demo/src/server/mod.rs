@@ -112,13 +112,7 @@ impl BoundServer {
 
     /// Opens the registry chosen by the flags, then [`serve`](Self::serve)s.
     pub async fn run(self, shutdown: impl Future) -> Result<Stopped, ServerError> {
-        let registry = registry::open(
-            self.args.registry,
-            self.args.registry_addr.as_deref(),
-            SERVICE_NAME,
-            None,
-        )
-        .await?;
+        let registry = registry::open(&self.args.registry, SERVICE_NAME, None).await?;
         self.serve(registry, shutdown).await
     }
 
