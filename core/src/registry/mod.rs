@@ -122,6 +122,26 @@ impl RegisterOptions {
         self.health_url = Some(url.into());
         self
     }
+
+    /// The TTL, checked: [`RegistryError::InvalidArgument`] when it is zero.
+    /// Backends call this before registering.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use fyerrpc::registry::RegisterOptions;
+    ///
+    /// let options = RegisterOptions::default().with_ttl(Duration::from_secs(5));
+    /// assert_eq!(options.checked_ttl().unwrap(), Duration::from_secs(5));
+    /// assert!(options.with_ttl(Duration::ZERO).checked_ttl().is_err());
+    /// ```
+    pub fn checked_ttl(&self) -> Result<Duration, RegistryError> {
+        if self.ttl.is_zero() {
+            return Err(RegistryError::InvalidArgument(
+                "ttl must be positive".into(),
+            ));
+        }
+        Ok(self.ttl)
+    }
 }
 
 /// A service registry: etcd, Consul, a static list, or your own.
