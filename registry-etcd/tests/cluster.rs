@@ -8,7 +8,9 @@ use std::time::Duration;
 use fyerrpc::registry::RegisterOptions;
 use fyerrpc::Registry;
 
-use common::{connect, discover_until, init_tracing, instance, watch_until, EtcdCluster};
+use common::{
+    connect, discover_until, init_tracing, instance, shut_down_in_turn, watch_until, EtcdCluster,
+};
 
 const TTL: Duration = Duration::from_secs(2);
 const SETTLE: Duration = Duration::from_secs(10);
@@ -65,11 +67,7 @@ async fn survives_losing_the_leader(loss: Loss) {
         .register(instance("Greet", "b"), options)
         .await
         .expect("register b with one member down");
-    watch_until(&mut watch, &["a", "b"], SETTLE).await;
-    a.shutdown().await.expect("shutdown a");
-    watch_until(&mut watch, &["b"], SETTLE).await;
-    b.shutdown().await.expect("shutdown b");
-    watch_until(&mut watch, &[], SETTLE).await;
+    shut_down_in_turn(&mut watch, a, b, SETTLE).await;
     if let Loss::Frozen = loss {
         cluster.members[lost].thaw();
     }

@@ -8,7 +8,9 @@ use std::time::Duration;
 use fyerrpc::registry::RegisterOptions;
 use fyerrpc::Registry;
 
-use common::{connect, discover_until, init_tracing, instance, watch_until, EtcdServer};
+use common::{
+    connect, discover_until, init_tracing, instance, shut_down_in_turn, watch_until, EtcdServer,
+};
 
 const TTL: Duration = Duration::from_secs(2);
 const SETTLE: Duration = Duration::from_secs(10);
@@ -50,11 +52,7 @@ async fn survives(restart: Restart) {
         .register(instance("Greet", "b"), options)
         .await
         .expect("register b");
-    watch_until(&mut watch, &["a", "b"], SETTLE).await;
-    a.shutdown().await.expect("shutdown a");
-    watch_until(&mut watch, &["b"], SETTLE).await;
-    b.shutdown().await.expect("shutdown b");
-    watch_until(&mut watch, &[], SETTLE).await;
+    shut_down_in_turn(&mut watch, a, b, SETTLE).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
