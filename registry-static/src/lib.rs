@@ -32,6 +32,8 @@
 //! registration is a local no-op that succeeds. The fixed entries never
 //! expire; `deregister` removes them from this process's view.
 
+#![warn(missing_docs)]
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
