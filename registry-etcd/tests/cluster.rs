@@ -9,7 +9,8 @@ use fyerrpc::registry::RegisterOptions;
 use fyerrpc::Registry;
 
 use common::{
-    connect, discover_until, init_tracing, instance, shut_down_in_turn, watch_until, EtcdCluster,
+    connect, discover_until, init_tracing, instance, register_a_and_watch, shut_down_in_turn,
+    EtcdCluster,
 };
 
 const TTL: Duration = Duration::from_secs(2);
@@ -46,12 +47,7 @@ async fn survives_losing_the_leader(loss: Loss) {
     let mut cluster = EtcdCluster::start(3);
     let registry = connect(&cluster.endpoints()).await;
     let options = RegisterOptions::default().with_ttl(TTL);
-    let a = registry
-        .register(instance("Greet", "a"), options.clone())
-        .await
-        .expect("register a");
-    let mut watch = registry.watch("Greet", None).await.expect("watch");
-    watch_until(&mut watch, &["a"], SETTLE).await;
+    let (a, mut watch) = register_a_and_watch(&registry, options.clone(), SETTLE).await;
 
     let lost = leader(&cluster).await;
     match loss {

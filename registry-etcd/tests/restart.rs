@@ -9,7 +9,8 @@ use fyerrpc::registry::RegisterOptions;
 use fyerrpc::Registry;
 
 use common::{
-    connect, discover_until, init_tracing, instance, shut_down_in_turn, watch_until, EtcdServer,
+    connect, discover_until, init_tracing, instance, register_a_and_watch, shut_down_in_turn,
+    EtcdServer,
 };
 
 const TTL: Duration = Duration::from_secs(2);
@@ -26,12 +27,7 @@ async fn survives(restart: Restart) {
     let mut etcd = EtcdServer::start();
     let registry = connect(&etcd.endpoint()).await;
     let options = RegisterOptions::default().with_ttl(TTL);
-    let a = registry
-        .register(instance("Greet", "a"), options.clone())
-        .await
-        .expect("register a");
-    let mut watch = registry.watch("Greet", None).await.expect("watch");
-    watch_until(&mut watch, &["a"], SETTLE).await;
+    let (a, mut watch) = register_a_and_watch(&registry, options.clone(), SETTLE).await;
 
     etcd.stop();
     // Stay down past the TTL: the keeper's keep-alives fail meanwhile.

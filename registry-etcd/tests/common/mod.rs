@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use fyerrpc::instance::service_prefix;
-use fyerrpc::registry::WatchStream;
+use fyerrpc::registry::{RegisterOptions, WatchStream};
 use fyerrpc::{Instance, Registration, Registry};
 use fyerrpc_registry_etcd::{EtcdConfig, EtcdRegistry};
 use tempfile::TempDir;
@@ -411,6 +411,21 @@ pub async fn watch_until(watch: &mut WatchStream, want: &[&str], within: Duratio
         Ok(false) => panic!("watch ended before showing {want:?}; last {last:?}"),
         Err(_) => panic!("watch did not show {want:?} within {within:?}; last {last:?}"),
     }
+}
+
+/// Registers instance `a` of `Greet` and watches `Greet` until it shows.
+pub async fn register_a_and_watch(
+    registry: &EtcdRegistry,
+    options: RegisterOptions,
+    within: Duration,
+) -> (Registration, WatchStream) {
+    let a = registry
+        .register(instance("Greet", "a"), options)
+        .await
+        .expect("register a");
+    let mut watch = registry.watch("Greet", None).await.expect("watch");
+    watch_until(&mut watch, &["a"], within).await;
+    (a, watch)
 }
 
 /// With `a` and `b` registered, checks that `watch` shows both, then `b`
