@@ -45,7 +45,7 @@ mod call;
 mod endpoint;
 mod snapshot;
 
-pub use builder::{ClientBuilder, ClientError};
+pub use builder::{ClientBuilder, ClientError, DEFAULT_HASH_HEADER};
 pub use call::BoxError;
 
 use std::collections::HashMap;
