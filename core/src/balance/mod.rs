@@ -255,6 +255,7 @@ mod round_robin;
 mod sample;
 mod smooth;
 mod stride;
+mod striped;
 mod weighted_random;
 mod weighted_round_robin;
 

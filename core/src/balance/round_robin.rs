@@ -1,18 +1,21 @@
 //! Round robin: each eligible endpoint in turn.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::sample::follow;
+use super::striped::StripedCounter;
 use super::{Balancer, Candidate, PickContext, Picker};
 
 /// Round robin over the endpoints, skipping ineligible ones. Weights are
 /// ignored (see [`WeightedRoundRobin`](super::WeightedRoundRobin)).
 ///
-/// A pick is one atomic increment. An ineligible endpoint's turn is skipped
-/// (used up, so the eligible endpoints keep equal shares); after a few
-/// ineligible turns in a row the picker scans for any eligible endpoint. Each picker starts at a random
-/// offset so that many clients do not hit the same instance first.
+/// A pick is one atomic increment, of a counter per thread: threads picking
+/// at once do not contend, one thread's picks go strictly in turn, and each
+/// thread starts at a different endpoint. An ineligible endpoint's turn is
+/// skipped (used up, so the eligible endpoints keep equal shares); after a
+/// few ineligible turns in a row the picker scans for any eligible endpoint.
+/// Each picker starts at a random offset so that many clients do not hit the
+/// same instance first.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -41,7 +44,7 @@ impl Balancer for RoundRobin {
         let n = endpoints.len();
         Arc::new(RoundRobinPicker {
             n,
-            next: AtomicUsize::new(fastrand::usize(..n.max(1))),
+            next: StripedCounter::new(fastrand::u64(..n.max(1) as u64), n as u64),
         })
     }
 }
@@ -49,13 +52,11 @@ impl Balancer for RoundRobin {
 #[derive(Debug)]
 struct RoundRobinPicker {
     n: usize,
-    next: AtomicUsize,
+    next: StripedCounter,
 }
 
 impl Picker for RoundRobinPicker {
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
-        follow(ctx, self.n, || {
-            self.next.fetch_add(1, Ordering::Relaxed) % self.n
-        })
+        follow(ctx, self.n, || (self.next.next() % self.n as u64) as usize)
     }
 }

@@ -1,7 +1,8 @@
 //! The lock-free static stride scheduler (after gRPC's weighted round robin),
 //! for weight sets whose smooth schedule would be too long to precompute.
 //!
-//! A shared sequence number walks the slots in order, one generation after
+//! A sequence number (one per thread, striped so that threads picking at
+//! once do not contend) walks the slots in order, one generation after
 //! another; slot `s` with scaled weight `w` (at most [`SCALE`]) is accepted
 //! in generation `g` when `(w·g + SCALE/2) mod SCALE >= SCALE - w`, that is
 //! in `w` of every `SCALE` generations, evenly spaced. Picking is one atomic
@@ -13,7 +14,8 @@
 //! over the slot order.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::striped::StripedCounter;
 
 /// The largest scaled slot weight.
 const SCALE: u64 = u16::MAX as u64;
@@ -24,7 +26,7 @@ pub(super) struct Stride {
     owners: Box<[u32]>,
     /// Each slot's weight, scaled so the heaviest is [`SCALE`].
     weights: Box<[u16]>,
-    seq: AtomicU64,
+    seq: StripedCounter,
 }
 
 impl Stride {
@@ -38,7 +40,7 @@ impl Stride {
         Self {
             owners: slots.iter().map(|s| s.owner).collect(),
             weights: slots.iter().map(|s| scaled(s.weight)).collect(),
-            seq: AtomicU64::new(fastrand::u64(..len.max(1) * SCALE)),
+            seq: StripedCounter::new(fastrand::u64(..len.max(1) * SCALE), len * SCALE),
         }
     }
 
@@ -52,7 +54,7 @@ impl Stride {
         // The heaviest slot accepts in every generation, so one pass over
         // the slots always ends the loop.
         for _ in 0..=len {
-            let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+            let seq = self.seq.next();
             slot = (seq % len) as usize;
             let generation = (seq / len) % SCALE;
             let w = u64::from(self.weights[slot]);
@@ -152,11 +154,11 @@ mod tests {
         let mut weights = vec![3u64; 500];
         weights.push(10_000);
         let s = Stride::new(&weights);
-        let before = s.seq.load(Ordering::Relaxed);
+        let before = s.seq.peek();
         for _ in 0..10_000 {
             s.next();
         }
-        let probes = s.seq.load(Ordering::Relaxed).wrapping_sub(before);
+        let probes = s.seq.peek().wrapping_sub(before);
         assert!(probes < 30_000, "{probes} probes for 10000 picks");
     }
 }

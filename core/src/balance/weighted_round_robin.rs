@@ -2,11 +2,11 @@
 //! says, spread evenly.
 
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::sample::follow;
 use super::stride::Stride;
+use super::striped::StripedCounter;
 use super::{smooth, Balancer, Candidate, PickContext, Picker};
 
 /// Smooth weighted round robin: over any stretch of calls, each endpoint
@@ -105,26 +105,25 @@ impl Sequence {
     }
 }
 
-/// A precomputed period of the sequence, walked by a shared counter.
+/// A precomputed period of the sequence, walked by a counter per thread
+/// (striped, so that threads picking at once do not contend).
 struct Schedule {
     order: Box<[u32]>,
-    next: AtomicUsize,
+    next: StripedCounter,
 }
 
 impl Schedule {
     fn new(order: Vec<u32>) -> Self {
-        let start = fastrand::usize(..order.len().max(1));
+        let len = order.len() as u64;
         Self {
             order: order.into(),
-            next: AtomicUsize::new(start),
+            next: StripedCounter::new(fastrand::u64(..len.max(1)), len),
         }
     }
 
     fn next(&self) -> usize {
-        let k = self.next.fetch_add(1, Ordering::Relaxed);
-        self.order
-            .get(k % self.order.len().max(1))
-            .map_or(0, |&i| i as usize)
+        let k = self.next.next() % self.order.len().max(1) as u64;
+        self.order.get(k as usize).map_or(0, |&i| i as usize)
     }
 }
 

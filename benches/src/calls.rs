@@ -1,0 +1,173 @@
+//! End to end: unary `SayHello` calls through the three transports compared.
+
+use std::error::Error;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fyerrpc::breaker::{ConsecutiveFailures, OpenPolicy};
+use fyerrpc::failover::{FailoverConfig, Strategy};
+use fyerrpc::{balance, Client, Registry};
+use fyerrpc_demo::proto::greet_service_client::GreetServiceClient;
+use fyerrpc_demo::proto::HelloRequest;
+use fyerrpc_registry_static::StaticRegistry;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+
+use crate::server::Cluster;
+
+/// The service name, as registered and as in the method paths.
+pub const SERVICE: &str = "GreetService";
+
+/// How long any one benchmark call may take before the run is declared
+/// broken (a bound on the benchmark, not a deadline sent to the server).
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A way of calling the greet cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Target {
+    /// A plain tonic `Channel` to the first server.
+    Tonic,
+    /// tonic's own balanced channel (`Channel::balance_list`, tower p2c) over
+    /// every server.
+    TonicBalanced,
+    /// The fyerrpc client over every server: p2c (least request), circuit
+    /// breaker and failover on.
+    Fyerrpc,
+}
+
+impl Target {
+    /// Every target, in table order.
+    pub const ALL: [Target; 3] = [Target::Tonic, Target::TonicBalanced, Target::Fyerrpc];
+
+    /// The target's name in benchmark ids and tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Tonic => "tonic",
+            Target::TonicBalanced => "tonic_balanced",
+            Target::Fyerrpc => "fyerrpc",
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A connected greet client of one [`Target`]. Cloning is cheap; clones
+/// share connections.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// Through a tonic channel (plain or balanced).
+    Channel(GreetServiceClient<Channel>),
+    /// Through the fyerrpc client.
+    Fyerrpc(GreetServiceClient<Client>),
+}
+
+fn endpoint(addr: std::net::SocketAddr) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?.connect_timeout(Duration::from_secs(1)))
+}
+
+/// The fyerrpc client as the end-to-end benchmark runs it: p2c, a
+/// consecutive-failure breaker and failover with the default retry policy.
+/// Like the tonic targets, it sets no deadline of its own (every benchmark
+/// call is bounded by [`Caller::say_hello`] instead).
+pub async fn fyerrpc_client(cluster: &Cluster) -> Result<Client, Box<dyn Error + Send + Sync>> {
+    let registry: Arc<dyn Registry> = Arc::new(StaticRegistry::from_addresses(
+        SERVICE,
+        &cluster.address_list(),
+    )?);
+    let client = Client::builder(SERVICE, registry)
+        .balancer(balance::by_name("p2c")?)
+        .breaker(Arc::new(ConsecutiveFailures::new(5).with_open(
+            OpenPolicy::default().with_base_open(Duration::from_secs(5)),
+        )))
+        .failover(
+            FailoverConfig::default()
+                .with_max_retries(3)
+                .with_strategy(Strategy::Next),
+        )
+        .connect_timeout(Duration::from_secs(1))
+        .build()
+        .await?;
+    client.ready(Duration::from_secs(5)).await?;
+    Ok(client)
+}
+
+impl Caller {
+    /// Connects a client of `target` to `cluster` and warms it up (every
+    /// connection established).
+    pub async fn connect(
+        target: Target,
+        cluster: &Cluster,
+    ) -> Result<Self, Box<dyn Error + Send + Sync>> {
+        let first = *cluster.addrs().first().ok_or("the cluster has no server")?;
+        let caller = match target {
+            Target::Tonic => {
+                Caller::Channel(GreetServiceClient::new(endpoint(first)?.connect().await?))
+            }
+            Target::TonicBalanced => {
+                let endpoints = cluster
+                    .addrs()
+                    .iter()
+                    .map(|a| endpoint(*a))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Caller::Channel(GreetServiceClient::new(Channel::balance_list(
+                    endpoints.into_iter(),
+                )))
+            }
+            Target::Fyerrpc => {
+                Caller::Fyerrpc(GreetServiceClient::new(fyerrpc_client(cluster).await?))
+            }
+        };
+        // Enough concurrent calls that every server gets some.
+        caller.run(64, 16).await?;
+        Ok(caller)
+    }
+
+    /// One `SayHello`.
+    pub async fn say_hello(&mut self) -> Result<(), Status> {
+        let req = HelloRequest {
+            name: "bench".to_owned(),
+            greeting: String::new(),
+        };
+        let call = async {
+            match self {
+                Caller::Channel(c) => c.say_hello(req).await.map(drop),
+                Caller::Fyerrpc(c) => c.say_hello(req).await.map(drop),
+            }
+        };
+        tokio::time::timeout(CALL_TIMEOUT, call)
+            .await
+            .map_err(|_| Status::deadline_exceeded("benchmark call timed out"))?
+    }
+
+    /// Makes `calls` calls spread over `concurrency` tasks (each calling in
+    /// a loop) and returns the wall time from the first call to the last
+    /// answer. Fails on the first failed call.
+    pub async fn run(&self, calls: u64, concurrency: usize) -> Result<Duration, Status> {
+        let concurrency = concurrency.max(1);
+        let per_task = calls / concurrency as u64;
+        let extra = calls % concurrency as u64;
+        let started = Instant::now();
+        let mut tasks = JoinSet::new();
+        for k in 0..concurrency as u64 {
+            let n = per_task + u64::from(k < extra);
+            let mut caller = self.clone();
+            tasks.spawn(async move {
+                for _ in 0..n {
+                    caller.say_hello().await?;
+                }
+                Ok::<(), Status>(())
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.map_err(|e| Status::internal(format!("benchmark task failed: {e}")))??;
+        }
+        Ok(started.elapsed())
+    }
+}
