@@ -48,6 +48,9 @@ pub const CLIENT_DISCOVERY_ERRORS: &str = "fyerrpc_client_discovery_errors_total
 pub const REGISTRY_REREGISTRATIONS: &str = "fyerrpc_registry_reregistrations_total";
 /// Counter: registry entries skipped because they did not decode, by `backend`.
 pub const REGISTRY_INVALID_ENTRIES: &str = "fyerrpc_registry_invalid_entries_total";
+/// Counter: registry watches re-established after a disconnect, an error or a
+/// compacted revision, by `backend`.
+pub const REGISTRY_WATCH_RESTARTS: &str = "fyerrpc_registry_watch_restarts_total";
 
 /// A latency histogram with fixed log-scale buckets and atomic counters:
 /// recording never locks or allocates. Buckets grow by 2^(1/4) (about 19 %)

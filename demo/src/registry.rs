@@ -12,9 +12,10 @@ pub const DEFAULT_ETCD_ADDR: &str = "http://127.0.0.1:2379";
 pub const DEFAULT_CONSUL_ADDR: &str = "http://127.0.0.1:8500";
 
 /// Which registry backend to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum RegistryKind {
     /// A fixed list of addresses; servers register in-process only.
+    #[default]
     Static,
     /// etcd (leases with keep-alive).
     Etcd,
@@ -31,6 +32,47 @@ impl RegistryKind {
             Self::Consul => "consul",
         }
     }
+}
+
+/// The registry flags shared by `greet-server` and `greet-client`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RegistryArgs {
+    /// Registry backend.
+    #[arg(long, value_enum, default_value_t = RegistryKind::Static, env = "FYERRPC_REGISTRY")]
+    pub registry: RegistryKind,
+    /// etcd endpoints (comma-separated) or Consul agent address [default: the
+    /// backend's local default].
+    #[arg(long, env = "FYERRPC_REGISTRY_ADDR")]
+    pub registry_addr: Option<String>,
+    /// etcd user name (with --etcd-password).
+    #[arg(long, env = "FYERRPC_ETCD_USER", requires = "etcd_password")]
+    pub etcd_user: Option<String>,
+    /// etcd password.
+    #[arg(
+        long,
+        env = "FYERRPC_ETCD_PASSWORD",
+        hide_env_values = true,
+        requires = "etcd_user"
+    )]
+    pub etcd_password: Option<String>,
+    /// PEM file of the CA that signed the etcd members' certificates (turns on TLS).
+    #[arg(long)]
+    pub etcd_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate for etcd mutual TLS (with --etcd-key).
+    #[arg(long, requires = "etcd_key")]
+    pub etcd_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --etcd-cert.
+    #[arg(long, requires = "etcd_cert")]
+    pub etcd_key: Option<std::path::PathBuf>,
+    /// Name to verify the etcd members' certificates against.
+    #[arg(long)]
+    pub etcd_domain: Option<String>,
+    /// Consul ACL token.
+    #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
+    pub consul_token: Option<String>,
+    /// Consul datacenter.
+    #[arg(long)]
+    pub consul_datacenter: Option<String>,
 }
 
 /// Why a registry could not be set up.
@@ -54,60 +96,85 @@ pub enum RegistrySetupError {
     },
 }
 
-/// Opens the registry `kind` at `addr` (or its default address).
+/// Opens the registry chosen by `args` (at its address, or the backend's
+/// default).
 ///
 /// For `static`, `servers` is the comma-separated `host:port` list of
 /// `service` (clients); `None` gives an empty in-process list (servers,
 /// whose registration is then local to the process).
 pub async fn open(
-    kind: RegistryKind,
-    addr: Option<&str>,
+    args: &RegistryArgs,
     service: &str,
     servers: Option<&str>,
 ) -> Result<Arc<dyn Registry>, RegistrySetupError> {
-    match kind {
+    match args.registry {
         RegistryKind::Static => Ok(match servers {
             Some(list) => StaticRegistry::from_addresses(service, list)?.into_dyn(),
             None => StaticRegistry::new().into_dyn(),
         }),
-        RegistryKind::Etcd => etcd(addr.unwrap_or(DEFAULT_ETCD_ADDR)).await,
-        RegistryKind::Consul => consul(addr.unwrap_or(DEFAULT_CONSUL_ADDR)).await,
+        RegistryKind::Etcd => etcd(args).await,
+        RegistryKind::Consul => consul(args).await,
     }
 }
 
 #[cfg(feature = "etcd")]
-async fn etcd(addr: &str) -> Result<Arc<dyn Registry>, RegistrySetupError> {
-    use fyerrpc_registry_etcd::{EtcdConfig, EtcdRegistry};
-    let connect_error = |e: fyerrpc_registry_etcd::EtcdError| RegistrySetupError::Connect {
+async fn etcd(args: &RegistryArgs) -> Result<Arc<dyn Registry>, RegistrySetupError> {
+    use fyerrpc_registry_etcd::{EtcdConfig, EtcdRegistry, TlsConfig};
+    let addr = args.registry_addr.as_deref().unwrap_or(DEFAULT_ETCD_ADDR);
+    let failed = |e: &dyn std::error::Error| RegistrySetupError::Connect {
         kind: "etcd",
         addr: addr.to_owned(),
-        reason: e.to_string(),
+        reason: crate::error_chain(e),
     };
-    let config = EtcdConfig::from_endpoints(addr).map_err(connect_error)?;
-    let registry = EtcdRegistry::connect(config).await.map_err(connect_error)?;
+    let mut config = EtcdConfig::from_endpoints(addr).map_err(|e| failed(&e))?;
+    if let (Some(user), Some(password)) = (&args.etcd_user, &args.etcd_password) {
+        config = config.with_user(user.clone(), password.clone());
+    }
+    if args.etcd_ca.is_some() || args.etcd_cert.is_some() || args.etcd_domain.is_some() {
+        let mut tls = TlsConfig::default();
+        if let Some(ca) = &args.etcd_ca {
+            tls = tls.with_ca_file(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&args.etcd_cert, &args.etcd_key) {
+            tls = tls.with_client_cert(cert.clone(), key.clone());
+        }
+        if let Some(domain) = &args.etcd_domain {
+            tls = tls.with_domain(domain.clone());
+        }
+        config = config.with_tls(tls);
+    }
+    let registry = EtcdRegistry::connect(config)
+        .await
+        .map_err(|e| failed(&e))?;
     Ok(Arc::new(registry))
 }
 
 #[cfg(not(feature = "etcd"))]
-async fn etcd(_addr: &str) -> Result<Arc<dyn Registry>, RegistrySetupError> {
+async fn etcd(_args: &RegistryArgs) -> Result<Arc<dyn Registry>, RegistrySetupError> {
     Err(RegistrySetupError::NotBuilt("etcd"))
 }
 
 #[cfg(feature = "consul")]
-async fn consul(addr: &str) -> Result<Arc<dyn Registry>, RegistrySetupError> {
+async fn consul(args: &RegistryArgs) -> Result<Arc<dyn Registry>, RegistrySetupError> {
     use fyerrpc_registry_consul::{ConsulConfig, ConsulRegistry};
-    let registry = ConsulRegistry::new(ConsulConfig::from_address(addr)).map_err(|e| {
-        RegistrySetupError::Connect {
-            kind: "consul",
-            addr: addr.to_owned(),
-            reason: e.to_string(),
-        }
+    let addr = args.registry_addr.as_deref().unwrap_or(DEFAULT_CONSUL_ADDR);
+    let mut config = ConsulConfig::from_address(addr);
+    if let Some(token) = &args.consul_token {
+        config = config.with_token(token.clone());
+    }
+    if let Some(dc) = &args.consul_datacenter {
+        config = config.with_datacenter(dc.clone());
+    }
+    let registry = ConsulRegistry::new(config).map_err(|e| RegistrySetupError::Connect {
+        kind: "consul",
+        addr: addr.to_owned(),
+        reason: crate::error_chain(&e),
     })?;
     Ok(Arc::new(registry))
 }
 
 #[cfg(not(feature = "consul"))]
-async fn consul(_addr: &str) -> Result<Arc<dyn Registry>, RegistrySetupError> {
+async fn consul(_args: &RegistryArgs) -> Result<Arc<dyn Registry>, RegistrySetupError> {
     Err(RegistrySetupError::NotBuilt("consul"))
 }
 
@@ -117,24 +184,25 @@ mod tests {
 
     #[tokio::test]
     async fn static_lists_are_parsed_and_checked() {
-        let r = open(RegistryKind::Static, None, "S", Some("a:1,b:2"))
+        let r = open(&RegistryArgs::default(), "S", Some("a:1,b:2"))
             .await
             .unwrap();
         assert_eq!(r.discover("S", None).await.unwrap().len(), 2);
-        assert!(open(RegistryKind::Static, None, "S", Some("nope"))
+        assert!(open(&RegistryArgs::default(), "S", Some("nope"))
             .await
             .is_err());
-        let empty = open(RegistryKind::Static, None, "S", None).await.unwrap();
+        let empty = open(&RegistryArgs::default(), "S", None).await.unwrap();
         assert!(empty.discover("S", None).await.unwrap().is_empty());
     }
 
     #[cfg(not(feature = "etcd"))]
     #[tokio::test]
     async fn missing_backends_say_how_to_get_them() {
-        let err = open(RegistryKind::Etcd, None, "S", None)
-            .await
-            .err()
-            .unwrap();
+        let args = RegistryArgs {
+            registry: RegistryKind::Etcd,
+            ..RegistryArgs::default()
+        };
+        let err = open(&args, "S", None).await.err().unwrap();
         assert!(err.to_string().contains("--features etcd"), "{err}");
     }
 }

@@ -4,12 +4,11 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use fyerrpc::registry::{canonicalize, channel_stream, WatchStream};
+use fyerrpc::registry::{canonicalize, channel_stream, RetryBackoff, WatchStream};
 use fyerrpc::{Instance, RegistryError};
 use tokio::sync::mpsc::Sender;
 use tokio::time::Instant;
 
-use crate::backoff::Backoff;
 use crate::client::ConsulClient;
 use crate::codec::{decode, Problem};
 use crate::metrics;
@@ -118,7 +117,7 @@ struct Watch {
 impl Watch {
     async fn run(self) {
         let mut decoder = Decoder::default();
-        let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
+        let mut backoff = RetryBackoff::new(RETRY_BASE, RETRY_MAX);
         let mut index = 0;
         let mut last: Option<Vec<Instance>> = None;
         loop {

@@ -4,10 +4,9 @@
 
 use std::time::Duration;
 
-use fyerrpc::registry::{StopMode, StopSignal};
+use fyerrpc::registry::{RetryBackoff, StopMode, StopSignal};
 use fyerrpc::RegistryError;
 
-use crate::backoff::Backoff;
 use crate::client::ConsulClient;
 use crate::codec::ttl_check_id;
 use crate::metrics;
@@ -67,7 +66,7 @@ impl Keeper {
 
     /// Runs until `stop` fires, then deregisters (or not) as asked.
     pub(crate) async fn run(self, mut stop: StopSignal) -> Result<(), RegistryError> {
-        let mut backoff = Backoff::new(RETRY_BASE, self.period.max(RETRY_BASE));
+        let mut backoff = RetryBackoff::new(RETRY_BASE, self.period.max(RETRY_BASE));
         let mut lost = false;
         let mut delay = self.period;
         loop {

@@ -140,7 +140,6 @@
 
 #![warn(missing_docs)]
 
-mod backoff;
 mod client;
 mod codec;
 mod config;

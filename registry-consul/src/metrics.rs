@@ -1,12 +1,13 @@
 //! The metrics this backend records (through the `metrics` facade), all
-//! labelled `backend="consul"`.
+//! labelled `backend="consul"`. Their names are fyerrpc's
+//! ([`fyerrpc::metrics`]); the constants here are the same names, under the
+//! names this crate has always exported.
 
-/// Counter: registrations the keeper had to register again because the
-/// agent had lost them (agent restart, manual removal).
-pub const REREGISTRATIONS_TOTAL: &str = "fyerrpc_registry_reregistrations_total";
-/// Counter: entries read from Consul that were skipped, or whose malformed
-/// meta was ignored.
-pub const INVALID_ENTRIES_TOTAL: &str = "fyerrpc_registry_invalid_entries_total";
+pub use fyerrpc::metrics::{
+    REGISTRY_INVALID_ENTRIES as INVALID_ENTRIES_TOTAL,
+    REGISTRY_REREGISTRATIONS as REREGISTRATIONS_TOTAL,
+};
+
 /// The `backend` label value.
 pub const BACKEND: &str = "consul";
 

@@ -45,12 +45,11 @@ impl ConsulRegistry {
     }
 
     fn checks<'a>(&'a self, options: &'a RegisterOptions) -> Result<Checks<'a>, RegistryError> {
-        let ttl = self.check.ttl_check.then_some(options.ttl);
-        if ttl.is_some_and(|t| t.is_zero()) {
-            return Err(RegistryError::InvalidArgument(
-                "ttl must be positive".into(),
-            ));
-        }
+        let ttl = self
+            .check
+            .ttl_check
+            .then(|| options.checked_ttl())
+            .transpose()?;
         let url = options
             .health_url
             .as_deref()

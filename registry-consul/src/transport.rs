@@ -143,7 +143,10 @@ impl BaseUri {
         if authority.as_str().contains('@') {
             return Err(invalid("credentials belong in the token option"));
         }
-        let port = authority.as_str()[authority.host().len()..].strip_prefix(':');
+        let port = authority
+            .as_str()
+            .get(authority.host().len()..)
+            .and_then(|rest| rest.strip_prefix(':'));
         if port.is_some_and(|p| !p.parse::<u16>().is_ok_and(|p| p != 0)) {
             return Err(invalid("the port must be in 1..=65535"));
         }

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use fyerrpc::registry::RetryBackoff;
+
 /// First retry delay.
 const INITIAL: Duration = Duration::from_millis(100);
 /// Largest retry delay: how late, at most, a recovery notices that etcd is
@@ -12,32 +14,32 @@ const MAX: Duration = Duration::from_secs(2);
 const STABLE: Duration = Duration::from_secs(5);
 
 /// Delays between attempts: 100 ms doubling up to 2 s, each drawn in
-/// `[d/2, d]` so that many clients do not retry in lockstep.
+/// `[d/2, d)` so that many clients do not retry in lockstep; a healthy run
+/// starts them over.
 #[derive(Debug, Clone)]
 pub(crate) struct Backoff {
-    next: Duration,
+    delays: RetryBackoff,
 }
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self { next: INITIAL }
+        Self {
+            delays: RetryBackoff::new(INITIAL, MAX),
+        }
     }
 }
 
 impl Backoff {
     /// The delay before the next attempt.
     pub(crate) fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (d * 2).min(MAX);
-        let half = d / 2;
-        half + half.mul_f64(fastrand::f64())
+        self.delays.next_delay()
     }
 
     /// Notes how long the last run (watch, keep-alive) lasted; a healthy
     /// one resets the delays.
     pub(crate) fn run_ended(&mut self, lasted: Duration) {
         if lasted >= STABLE {
-            self.next = INITIAL;
+            self.delays.reset();
         }
     }
 }

@@ -222,16 +222,12 @@ impl Registry for EtcdRegistry {
         instance: Instance,
         options: RegisterOptions,
     ) -> Result<Registration, RegistryError> {
-        if options.ttl.is_zero() {
-            return Err(RegistryError::InvalidArgument(
-                "ttl must be positive".into(),
-            ));
-        }
+        let ttl = options.checked_ttl()?;
         let keeper = Keeper::new(
             self.client.clone(),
             &self.prefix,
             instance.clone(),
-            options.ttl,
+            ttl,
             self.timeout,
         );
         let lease = keeper.register().await?;

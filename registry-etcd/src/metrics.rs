@@ -1,15 +1,13 @@
 //! The metrics this backend records (through the `metrics` facade), all
-//! labelled `backend="etcd"`.
+//! labelled `backend="etcd"`. Their names are fyerrpc's
+//! ([`fyerrpc::metrics`]); the constants here are the same names, under the
+//! names this crate has always exported.
 
-/// Counter: registrations granted a new lease and written again after etcd
-/// lost them (lease expired, etcd restarted empty, unreachable past the TTL).
-pub const REREGISTRATIONS_TOTAL: &str = "fyerrpc_registry_reregistrations_total";
-/// Counter: entries under the prefix that did not decode as an instance and
-/// were skipped.
-pub const INVALID_ENTRIES_TOTAL: &str = "fyerrpc_registry_invalid_entries_total";
-/// Counter: watches re-established after a disconnect, an error or a
-/// compacted revision.
-pub const WATCH_RESTARTS_TOTAL: &str = "fyerrpc_registry_watch_restarts_total";
+pub use fyerrpc::metrics::{
+    REGISTRY_INVALID_ENTRIES as INVALID_ENTRIES_TOTAL,
+    REGISTRY_REREGISTRATIONS as REREGISTRATIONS_TOTAL,
+    REGISTRY_WATCH_RESTARTS as WATCH_RESTARTS_TOTAL,
+};
 
 /// The `backend` label value.
 const BACKEND: &str = "etcd";

@@ -8,7 +8,10 @@ use std::time::Duration;
 use fyerrpc::registry::RegisterOptions;
 use fyerrpc::Registry;
 
-use common::{connect, discover_until, init_tracing, instance, watch_until, EtcdCluster};
+use common::{
+    connect, discover_until, init_tracing, instance, register_a_and_watch, shut_down_in_turn,
+    EtcdCluster,
+};
 
 const TTL: Duration = Duration::from_secs(2);
 const SETTLE: Duration = Duration::from_secs(10);
@@ -44,12 +47,7 @@ async fn survives_losing_the_leader(loss: Loss) {
     let mut cluster = EtcdCluster::start(3);
     let registry = connect(&cluster.endpoints()).await;
     let options = RegisterOptions::default().with_ttl(TTL);
-    let a = registry
-        .register(instance("Greet", "a"), options.clone())
-        .await
-        .expect("register a");
-    let mut watch = registry.watch("Greet", None).await.expect("watch");
-    watch_until(&mut watch, &["a"], SETTLE).await;
+    let (a, mut watch) = register_a_and_watch(&registry, options.clone(), SETTLE).await;
 
     let lost = leader(&cluster).await;
     match loss {
@@ -65,11 +63,7 @@ async fn survives_losing_the_leader(loss: Loss) {
         .register(instance("Greet", "b"), options)
         .await
         .expect("register b with one member down");
-    watch_until(&mut watch, &["a", "b"], SETTLE).await;
-    a.shutdown().await.expect("shutdown a");
-    watch_until(&mut watch, &["b"], SETTLE).await;
-    b.shutdown().await.expect("shutdown b");
-    watch_until(&mut watch, &[], SETTLE).await;
+    shut_down_in_turn(&mut watch, a, b, SETTLE).await;
     if let Loss::Frozen = loss {
         cluster.members[lost].thaw();
     }

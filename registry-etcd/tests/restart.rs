@@ -8,7 +8,10 @@ use std::time::Duration;
 use fyerrpc::registry::RegisterOptions;
 use fyerrpc::Registry;
 
-use common::{connect, discover_until, init_tracing, instance, watch_until, EtcdServer};
+use common::{
+    connect, discover_until, init_tracing, instance, register_a_and_watch, shut_down_in_turn,
+    EtcdServer,
+};
 
 const TTL: Duration = Duration::from_secs(2);
 const SETTLE: Duration = Duration::from_secs(10);
@@ -24,12 +27,7 @@ async fn survives(restart: Restart) {
     let mut etcd = EtcdServer::start();
     let registry = connect(&etcd.endpoint()).await;
     let options = RegisterOptions::default().with_ttl(TTL);
-    let a = registry
-        .register(instance("Greet", "a"), options.clone())
-        .await
-        .expect("register a");
-    let mut watch = registry.watch("Greet", None).await.expect("watch");
-    watch_until(&mut watch, &["a"], SETTLE).await;
+    let (a, mut watch) = register_a_and_watch(&registry, options.clone(), SETTLE).await;
 
     etcd.stop();
     // Stay down past the TTL: the keeper's keep-alives fail meanwhile.
@@ -50,11 +48,7 @@ async fn survives(restart: Restart) {
         .register(instance("Greet", "b"), options)
         .await
         .expect("register b");
-    watch_until(&mut watch, &["a", "b"], SETTLE).await;
-    a.shutdown().await.expect("shutdown a");
-    watch_until(&mut watch, &["b"], SETTLE).await;
-    b.shutdown().await.expect("shutdown b");
-    watch_until(&mut watch, &[], SETTLE).await;
+    shut_down_in_turn(&mut watch, a, b, SETTLE).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,12 +25,14 @@
 //!
 //! The list lives in the process. [`Registry::register`] adds an instance to
 //! this process's view (with the usual TTL semantics: the returned
-//! [`Registration`](fyerrpc::Registration) keeps it alive until shut down),
+//! [`Registration`] keeps it alive until shut down),
 //! so servers and clients that share a process, or a `StaticRegistry`
 //! value, see each other. Other processes do not: in a multi-process
 //! cluster each client is given the servers' addresses, and each server's
 //! registration is a local no-op that succeeds. The fixed entries never
 //! expire; `deregister` removes them from this process's view.
+
+#![warn(missing_docs)]
 
 use std::sync::Arc;
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::p2c::{inverse_weights, pick_cheaper};
+use super::p2c::WeightedLoads;
 use super::{Balancer, Candidate, PickContext, Picker};
 
 /// Draws two distinct random eligible endpoints and picks the one with fewer
@@ -42,23 +42,16 @@ impl Balancer for LeastRequest {
     }
 
     fn build(&self, endpoints: &[Candidate]) -> Arc<dyn Picker> {
-        Arc::new(LeastRequestPicker {
-            inv_weight: inverse_weights(endpoints),
-            endpoints: endpoints.into(),
-        })
+        Arc::new(LeastRequestPicker(WeightedLoads::new(endpoints)))
     }
 }
 
 #[derive(Debug)]
-struct LeastRequestPicker {
-    endpoints: Box<[Candidate]>,
-    inv_weight: Box<[f64]>,
-}
+struct LeastRequestPicker(WeightedLoads);
 
 impl Picker for LeastRequestPicker {
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
-        pick_cheaper(ctx, self.endpoints.len(), |i| {
-            f64::from(self.endpoints[i].load().in_flight() + 1) * self.inv_weight[i]
-        })
+        self.0
+            .pick_cheaper(ctx, |load| f64::from(load.in_flight() + 1))
     }
 }

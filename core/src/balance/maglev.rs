@@ -232,20 +232,10 @@ impl fmt::Debug for MaglevPicker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Instance;
+    use crate::balance::weighted_candidates;
 
     fn candidates(weights: &[u32]) -> Vec<Candidate> {
-        weights
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| {
-                let inst = Instance::new(format!("m{i}"), "S", format!("10.0.0.{i}:80"))
-                    .unwrap()
-                    .with_weight(w)
-                    .unwrap();
-                Candidate::new(Arc::new(inst))
-            })
-            .collect()
+        weighted_candidates("m", weights)
     }
 
     fn slots_per_endpoint(weights: &[u32], size: u64) -> Vec<u64> {

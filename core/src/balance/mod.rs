@@ -229,6 +229,21 @@ fn mix64(mut h: u64) -> u64 {
     h ^ (h >> 31)
 }
 
+/// Test fixture: one candidate per weight, with ids `{prefix}0`, `{prefix}1` ...
+#[cfg(test)]
+pub(crate) fn weighted_candidates(prefix: &str, weights: &[u32]) -> Vec<Candidate> {
+    weights
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| {
+            let inst = Instance::new(format!("{prefix}{i}"), "S", format!("10.0.0.{i}:80"))
+                .and_then(|inst| inst.with_weight(w))
+                .expect("valid test instance");
+            Candidate::new(Arc::new(inst))
+        })
+        .collect()
+}
+
 mod least_request;
 mod maglev;
 mod p2c;

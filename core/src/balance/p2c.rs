@@ -3,15 +3,37 @@
 //! their cost function.
 
 use super::sample::{random_eligible, random_other};
-use super::{Candidate, PickContext};
+use super::{Candidate, Load, PickContext};
 
-/// `1 / weight` of each endpoint, so that weighted costs multiply instead of
-/// divide on the pick path.
-pub(super) fn inverse_weights(endpoints: &[Candidate]) -> Box<[f64]> {
-    endpoints
-        .iter()
-        .map(|c| 1.0 / f64::from(c.weight().max(1)))
-        .collect()
+/// The endpoints of a load-aware picker, with `1 / weight` of each so that
+/// weighted costs multiply instead of divide on the pick path.
+#[derive(Debug)]
+pub(super) struct WeightedLoads {
+    endpoints: Box<[Candidate]>,
+    inv_weight: Box<[f64]>,
+}
+
+impl WeightedLoads {
+    pub(super) fn new(endpoints: &[Candidate]) -> Self {
+        Self {
+            inv_weight: endpoints
+                .iter()
+                .map(|c| 1.0 / f64::from(c.weight().max(1)))
+                .collect(),
+            endpoints: endpoints.into(),
+        }
+    }
+
+    /// [`pick_cheaper`] by `cost(load) / weight`.
+    pub(super) fn pick_cheaper(
+        &self,
+        ctx: &PickContext<'_>,
+        cost: impl Fn(&Load) -> f64,
+    ) -> Option<usize> {
+        pick_cheaper(ctx, self.endpoints.len(), |i| {
+            cost(self.endpoints[i].load()) * self.inv_weight[i]
+        })
+    }
 }
 
 /// Picks among `n` endpoints the cheaper of two distinct random eligible ones

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::load::now_nanos;
-use super::p2c::{inverse_weights, pick_cheaper};
+use super::p2c::WeightedLoads;
 use super::{Balancer, Candidate, PickContext, Picker};
 
 /// Draws two distinct random eligible endpoints and picks the one with the
@@ -42,24 +42,16 @@ impl Balancer for PeakEwma {
     }
 
     fn build(&self, endpoints: &[Candidate]) -> Arc<dyn Picker> {
-        Arc::new(PeakEwmaPicker {
-            inv_weight: inverse_weights(endpoints),
-            endpoints: endpoints.into(),
-        })
+        Arc::new(PeakEwmaPicker(WeightedLoads::new(endpoints)))
     }
 }
 
 #[derive(Debug)]
-struct PeakEwmaPicker {
-    endpoints: Box<[Candidate]>,
-    inv_weight: Box<[f64]>,
-}
+struct PeakEwmaPicker(WeightedLoads);
 
 impl Picker for PeakEwmaPicker {
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
         let now = now_nanos();
-        pick_cheaper(ctx, self.endpoints.len(), |i| {
-            self.endpoints[i].load().peak_ewma_cost_at(now) * self.inv_weight[i]
-        })
+        self.0.pick_cheaper(ctx, |load| load.peak_ewma_cost_at(now))
     }
 }

@@ -251,20 +251,10 @@ impl fmt::Debug for RingHashPicker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Instance;
+    use crate::balance::weighted_candidates;
 
     fn candidates(weights: &[u32]) -> Vec<Candidate> {
-        weights
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| {
-                let inst = Instance::new(format!("i{i}"), "S", format!("10.0.0.{i}:80"))
-                    .unwrap()
-                    .with_weight(w)
-                    .unwrap();
-                Candidate::new(Arc::new(inst))
-            })
-            .collect()
+        weighted_candidates("i", weights)
     }
 
     fn nodes_per_endpoint(weights: &[u32], rh: RingHash) -> Vec<u64> {

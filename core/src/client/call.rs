@@ -112,6 +112,11 @@ pub(crate) async fn call(
             note_retry(&shared, &ctx, prev.as_ref(), &ep);
         }
         let remaining = ctx.deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            ep.core.breaker.release();
+            let status = Status::deadline_exceeded("deadline exceeded before the call was sent");
+            return Ok(finish_call(&shared, &ctx, status.into_http()));
+        }
         let attempt_timeout = shared
             .config
             .failover

@@ -45,7 +45,7 @@ mod call;
 mod endpoint;
 mod snapshot;
 
-pub use builder::{ClientBuilder, ClientError};
+pub use builder::{ClientBuilder, ClientError, DEFAULT_HASH_HEADER};
 pub use call::BoxError;
 
 use std::collections::HashMap;
@@ -109,6 +109,9 @@ impl Shared {
         metrics::gauge!(m::CLIENT_BREAKER_STATE, "service" => self.service.to_string(),
             "instance" => core.id.clone())
         .set(t.to.gauge());
+        metrics::gauge!(m::CLIENT_ENDPOINTS, "service" => self.service.to_string(),
+            "state" => "ejected")
+        .set(self.ejections.open.load(std::sync::atomic::Ordering::Relaxed) as f64);
     }
 }
 

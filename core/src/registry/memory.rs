@@ -129,12 +129,7 @@ impl Registry for MemoryRegistry {
         instance: Instance,
         options: RegisterOptions,
     ) -> Result<Registration, RegistryError> {
-        if options.ttl.is_zero() {
-            return Err(RegistryError::InvalidArgument(
-                "ttl must be positive".into(),
-            ));
-        }
-        let ttl = options.ttl;
+        let ttl = options.checked_ttl()?;
         self.shared.put(instance.clone(), Some(ttl));
         let shared = Arc::clone(&self.shared);
         let inst = instance.clone();

@@ -28,6 +28,7 @@
 //! one registration alive (lease keep-alive, TTL check) until
 //! [`Registration::shutdown`] deregisters it.
 
+mod backoff;
 mod memory;
 mod registration;
 
@@ -42,6 +43,7 @@ use futures_core::Stream;
 
 use crate::instance::{Instance, InstanceError};
 
+pub use backoff::RetryBackoff;
 pub use memory::{channel_stream, MemoryRegistry};
 pub use registration::{Registration, StopMode, StopSignal};
 
@@ -121,6 +123,26 @@ impl RegisterOptions {
     pub fn with_health_url(mut self, url: impl Into<String>) -> Self {
         self.health_url = Some(url.into());
         self
+    }
+
+    /// The TTL, checked: [`RegistryError::InvalidArgument`] when it is zero.
+    /// Backends call this before registering.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use fyerrpc::registry::RegisterOptions;
+    ///
+    /// let options = RegisterOptions::default().with_ttl(Duration::from_secs(5));
+    /// assert_eq!(options.checked_ttl().unwrap(), Duration::from_secs(5));
+    /// assert!(options.with_ttl(Duration::ZERO).checked_ttl().is_err());
+    /// ```
+    pub fn checked_ttl(&self) -> Result<Duration, RegistryError> {
+        if self.ttl.is_zero() {
+            return Err(RegistryError::InvalidArgument(
+                "ttl must be positive".into(),
+            ));
+        }
+        Ok(self.ttl)
     }
 }
 

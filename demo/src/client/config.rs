@@ -12,7 +12,7 @@ use fyerrpc::{Client, Registry};
 use super::ClientRunError;
 use crate::flags;
 use crate::proto::{GET_GREET_STATS, SERVICE_NAME};
-use crate::registry::RegistryKind;
+use crate::registry::RegistryArgs;
 
 /// The servers of the example cluster.
 pub const DEFAULT_SERVERS: &str = "localhost:8001,localhost:8002,localhost:8003";
@@ -64,18 +64,16 @@ pub enum Output {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "greet-client", version)]
 pub struct ClientArgs {
-    /// Registry backend.
-    #[arg(long, value_enum, default_value_t = RegistryKind::Static, env = "FYERRPC_REGISTRY")]
-    pub registry: RegistryKind,
-    /// etcd endpoints or Consul agent address [default: the backend's local
-    /// default].
-    #[arg(long, env = "FYERRPC_REGISTRY_ADDR")]
-    pub registry_addr: Option<String>,
+    /// Registry backend and its connection options.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Server addresses for the static registry, comma-separated.
     #[arg(long, default_value = DEFAULT_SERVERS)]
     pub servers: String,
-    /// Balancing policy [default: the client's, least request].
-    #[arg(long)]
+    /// Balancing policy: round_robin, weighted_round_robin, random,
+    /// weighted_random, least_request (alias p2c), peak_ewma, ring_hash,
+    /// maglev [default: the client's, least_request].
+    #[arg(long, value_parser = parse_balancer)]
     pub balancer: Option<String>,
 
     /// Retries after a failed attempt.
@@ -135,8 +133,10 @@ pub struct ClientArgs {
     /// Deadline shared by the breaker scenario's calls.
     #[arg(long, default_value = "1ms", value_parser = flags::positive_duration)]
     pub breaker_deadline: Duration,
-    /// Most calls the breaker scenario sends to trip a breaker.
-    #[arg(long, default_value_t = 30, value_parser = flags::positive)]
+    /// Most calls the breaker scenario sends to trip a breaker (it stops at
+    /// the first trip). On a fast loopback some calls beat even an expired
+    /// deadline (timers tick in milliseconds), hence the margin.
+    #[arg(long, default_value_t = 100, value_parser = flags::positive)]
     pub breaker_calls: u64,
     /// Wait for open breakers to half-open [default: --breaker-open + 1s].
     #[arg(long, value_parser = flags::duration)]
@@ -154,6 +154,13 @@ pub struct ClientArgs {
     /// Final metrics format.
     #[arg(long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+}
+
+/// Checks a policy name; keeps its canonical form.
+fn parse_balancer(s: &str) -> Result<String, String> {
+    fyerrpc::balance::by_name(s)
+        .map(|b| b.name().to_owned())
+        .map_err(|e| e.to_string())
 }
 
 fn parse_strategy(s: &str) -> Result<Strategy, String> {
@@ -188,13 +195,8 @@ impl ClientArgs {
     /// Opens the registry and builds the client (not yet waiting for
     /// instances).
     pub async fn build_client(&self) -> Result<Client, ClientRunError> {
-        let registry: Arc<dyn Registry> = crate::registry::open(
-            self.registry,
-            self.registry_addr.as_deref(),
-            SERVICE_NAME,
-            Some(&self.servers),
-        )
-        .await?;
+        let registry: Arc<dyn Registry> =
+            crate::registry::open(&self.registry, SERVICE_NAME, Some(&self.servers)).await?;
         let breaker = self.breaker();
         breaker.validate().map_err(ClientRunError::Breaker)?;
         let mut builder = Client::builder(SERVICE_NAME, registry)

@@ -50,7 +50,10 @@ pub async fn run(args: ClientArgs, console: Console) -> Result<Report, ClientRun
     ));
 
     let scenario = args.scenario;
-    let balancer = args.balancer.clone().unwrap_or_else(|| "default".into());
+    let balancer = args
+        .balancer
+        .clone()
+        .unwrap_or_else(|| "least_request (default)".into());
     let mut runner = Runner::new(args, client.clone(), console);
     runner.run(scenario).await;
     Ok(Report {

@@ -21,6 +21,9 @@ const SHOWN_FAILURES: u64 = 10;
 /// The smallest deadline a call is given (gRPC cannot send zero).
 pub const MIN_DEADLINE: Duration = Duration::from_micros(1);
 
+/// Calls the breaker scenario sends at once.
+pub const BREAKER_BURST: u64 = 20;
+
 /// Runs scenarios on one client and keeps their counts.
 #[derive(Debug)]
 pub struct Runner {
@@ -131,13 +134,13 @@ impl Runner {
         self.verify("failover-verify").await;
     }
 
-    /// Calls under one tiny deadline until a circuit breaker opens, a wait
+    /// Calls under a tiny deadline until a circuit breaker opens, a wait
     /// for it to half-open, and calls that close it again.
     ///
-    /// As in the original example, one deadline covers the whole burst: the
-    /// first call has `--breaker-deadline`, later ones what is left of it
-    /// (at least [`MIN_DEADLINE`]), so they time out and count against their
-    /// instances.
+    /// Each call gets `--breaker-deadline` of its own: it is sent, and an
+    /// instance that does not answer within it has failed that call, which
+    /// counts against it. (A call whose deadline has already passed is not
+    /// sent at all, so it counts against no instance.)
     pub async fn breaker(&mut self) {
         let deadline = self.args.breaker_deadline;
         self.say(format!(
@@ -146,24 +149,27 @@ impl Runner {
         ));
         let trips = self.client.stats().breaker_trips;
         let start = self.begin();
-        let expires = Instant::now() + deadline;
         let mut tripped = false;
-        for i in 0..self.args.breaker_calls {
-            let left = expires
-                .saturating_duration_since(Instant::now())
-                .max(MIN_DEADLINE);
-            let result = self.hello("CircuitBreakerTest".into(), Some(left)).await;
-            if let Err(status) = &result {
-                self.say(format!(
-                    "  call {i}: {:?} {}",
-                    status.code(),
-                    status.message()
-                ));
+        // Bursts of concurrent calls: the instances cannot answer them all
+        // within the deadline, so time-outs pile up against them.
+        let left = deadline.max(MIN_DEADLINE);
+        let mut sent = 0;
+        while sent < self.args.breaker_calls && !tripped {
+            let burst = BREAKER_BURST.min(self.args.breaker_calls - sent);
+            let calls = (0..burst).map(|_| self.hello("CircuitBreakerTest".into(), Some(left)));
+            let results = futures_util::future::join_all(calls).await;
+            for (k, result) in results.iter().enumerate() {
+                if let Err(status) = result {
+                    self.say(format!(
+                        "  call {}: {:?} {}",
+                        sent + k as u64,
+                        status.code(),
+                        status.message()
+                    ));
+                }
             }
-            if self.client.stats().breaker_trips > trips {
-                tripped = true;
-                break;
-            }
+            sent += burst;
+            tripped = self.client.stats().breaker_trips > trips;
         }
         self.end("breaker", start);
         let states = self.breaker_states();

@@ -7,7 +7,7 @@ use clap::Parser;
 
 use super::detector::FaultConfig;
 use crate::flags;
-use crate::registry::RegistryKind;
+use crate::registry::RegistryArgs;
 
 /// Offset from the gRPC port to the default health port.
 pub const HEALTH_PORT_OFFSET: u16 = 10_000;
@@ -26,7 +26,7 @@ pub struct ServerArgs {
     /// address, with 127.0.0.1 for an unspecified host].
     #[arg(long)]
     pub advertise: Option<String>,
-    /// Instance id [default: server-<port>].
+    /// Instance id [default: server-PORT].
     #[arg(long)]
     pub id: Option<String>,
     /// Fail every call for --fail-duration after this many calls (0: never).
@@ -38,13 +38,9 @@ pub struct ServerArgs {
     /// Probability (0..1) that any call fails.
     #[arg(long, default_value_t = 0.0, value_parser = flags::rate)]
     pub fail_rate: f64,
-    /// Registry backend.
-    #[arg(long, value_enum, default_value_t = RegistryKind::Static, env = "FYERRPC_REGISTRY")]
-    pub registry: RegistryKind,
-    /// etcd endpoints or Consul agent address [default: the backend's local
-    /// default].
-    #[arg(long, env = "FYERRPC_REGISTRY_ADDR")]
-    pub registry_addr: Option<String>,
+    /// Registry backend and its connection options.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// HTTP port for /health, /status and /metrics [default: port+10000].
     #[arg(long)]
     pub health_port: Option<u16>,
@@ -133,7 +129,7 @@ mod tests {
         assert_eq!(a.port, 8001);
         assert_eq!(a.health_port(), Ok(18001));
         assert_eq!(a.fail_duration, Duration::from_secs(10));
-        assert_eq!(a.registry, RegistryKind::Static);
+        assert_eq!(a.registry.registry, crate::registry::RegistryKind::Static);
         let a = parse(&["--port", "0"]).unwrap();
         assert_eq!(a.health_port(), Ok(0));
         assert_eq!(

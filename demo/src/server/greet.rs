@@ -14,7 +14,7 @@ use crate::proto::{GreetService, HelloRequest, HelloResponse, StatsRequest, Stat
 /// The `GreetService` implementation a greet server serves.
 ///
 /// `SayHello` asks the [`HealthDetector`] first: a call it fails returns
-/// `Unavailable` with "service <id> is currently unavailable" and is not
+/// `Unavailable` with `service <id> is currently unavailable` and is not
 /// counted in the statistics. `GetGreetStats` is never failed on purpose.
 #[derive(Debug, Clone)]
 pub struct GreetServer {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use fyerrpc::registry::RegisterOptions;
 use fyerrpc::server::{bind, HealthFlag, Lifecycle, ServeError, Stopped};
-use fyerrpc::{Instance, InstanceError};
+use fyerrpc::{Instance, InstanceError, Registry};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -110,18 +110,21 @@ impl BoundServer {
         &self.instance
     }
 
-    /// Registers, serves until `shutdown` resolves, then deregisters, drains
-    /// in-flight calls and stops the health port.
+    /// Opens the registry chosen by the flags, then [`serve`](Self::serve)s.
     pub async fn run(self, shutdown: impl Future) -> Result<Stopped, ServerError> {
+        let registry = registry::open(&self.args.registry, SERVICE_NAME, None).await?;
+        self.serve(registry, shutdown).await
+    }
+
+    /// Registers in `registry`, serves until `shutdown` resolves, then
+    /// deregisters, drains in-flight calls and stops the health port.
+    pub async fn serve(
+        self,
+        registry: Arc<dyn Registry>,
+        shutdown: impl Future,
+    ) -> Result<Stopped, ServerError> {
         let instance = self.instance;
         let id = instance.id().to_owned();
-        let registry = registry::open(
-            self.args.registry,
-            self.args.registry_addr.as_deref(),
-            SERVICE_NAME,
-            None,
-        )
-        .await?;
 
         let flag = HealthFlag::default();
         let detector = HealthDetector::new(self.args.faults(), flag.clone());
@@ -151,11 +154,7 @@ impl BoundServer {
                 .into_future(),
         );
 
-        let health_url = format!(
-            "http://{}:{}/health",
-            instance.host(),
-            self.http_addr.port()
-        );
+        let health_url = health_url(instance.host(), self.http_addr.port());
         let options = RegisterOptions::default()
             .with_ttl(self.args.ttl)
             .with_health_url(health_url);
@@ -176,6 +175,15 @@ impl BoundServer {
     }
 }
 
+/// The URL of `/health` on `host`, bracketing IPv6 addresses.
+fn health_url(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("http://[{host}]:{port}/health")
+    } else {
+        format!("http://{host}:{port}/health")
+    }
+}
+
 /// Keeps the health gauge in step with the flag and drains histogram
 /// buffers now and then.
 async fn watch_health(flag: HealthFlag, metrics: ServerMetrics) {
@@ -187,5 +195,17 @@ async fn watch_health(flag: HealthFlag, metrics: ServerMetrics) {
             changed = changes.changed() => if changed.is_err() { return },
             _ = upkeep.tick() => metrics.upkeep(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn health_urls_bracket_ipv6_hosts() {
+        assert_eq!(super::health_url("::1", 9), "http://[::1]:9/health");
+        assert_eq!(
+            super::health_url("localhost", 9),
+            "http://localhost:9/health"
+        );
     }
 }

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use fyerrpc::instance::service_prefix;
-use fyerrpc::registry::WatchStream;
-use fyerrpc::{Instance, Registry};
+use fyerrpc::registry::{RegisterOptions, WatchStream};
+use fyerrpc::{Instance, Registration, Registry};
 use fyerrpc_registry_etcd::{EtcdConfig, EtcdRegistry};
 use tempfile::TempDir;
 
@@ -411,6 +411,36 @@ pub async fn watch_until(watch: &mut WatchStream, want: &[&str], within: Duratio
         Ok(false) => panic!("watch ended before showing {want:?}; last {last:?}"),
         Err(_) => panic!("watch did not show {want:?} within {within:?}; last {last:?}"),
     }
+}
+
+/// Registers instance `a` of `Greet` and watches `Greet` until it shows.
+pub async fn register_a_and_watch(
+    registry: &EtcdRegistry,
+    options: RegisterOptions,
+    within: Duration,
+) -> (Registration, WatchStream) {
+    let a = registry
+        .register(instance("Greet", "a"), options)
+        .await
+        .expect("register a");
+    let mut watch = registry.watch("Greet", None).await.expect("watch");
+    watch_until(&mut watch, &["a"], within).await;
+    (a, watch)
+}
+
+/// With `a` and `b` registered, checks that `watch` shows both, then `b`
+/// once `a` is shut down, then nothing once `b` is.
+pub async fn shut_down_in_turn(
+    watch: &mut WatchStream,
+    a: Registration,
+    b: Registration,
+    within: Duration,
+) {
+    watch_until(watch, &["a", "b"], within).await;
+    a.shutdown().await.expect("shutdown a");
+    watch_until(watch, &["b"], within).await;
+    b.shutdown().await.expect("shutdown b");
+    watch_until(watch, &[], within).await;
 }
 
 /// Polls `discover` until it returns exactly `want`; panics after `within`.
