@@ -211,8 +211,10 @@ impl ClientBuilder {
         let budget = RetryBudget::new(f.budget_ratio, f.budget_min_per_sec, f.budget_ttl);
         let backoff = f.backoff();
         let empty = Snapshot::empty(&*self.config.balancer);
+        let service: Arc<str> = Arc::from(self.service);
         let shared = Arc::new(Shared {
-            service: Arc::from(self.service),
+            method_metrics: super::handles::MethodTable::new(Arc::clone(&service)),
+            service,
             registry: self.registry,
             config: self.config,
             snapshot: ArcSwap::from_pointee(empty),

@@ -50,7 +50,8 @@ impl At<'_> {
 struct CallCtx {
     method: String,
     hash: Option<u64>,
-    deadline: Instant,
+    /// When the call must end (`None`: no deadline).
+    deadline: Option<Instant>,
     started: Instant,
     idempotent: bool,
 }
@@ -70,9 +71,9 @@ pub(crate) async fn call(
         .and_then(|v| v.to_str().ok())
         .and_then(classify::parse_grpc_timeout);
     let timeout = match (caller, shared.config.request_timeout) {
-        (Some(c), Some(d)) => c.min(d),
-        (Some(t), None) | (None, Some(t)) => t,
-        (None, None) => Duration::from_secs(24 * 3600),
+        (Some(c), Some(d)) => Some(c.min(d)),
+        (Some(t), None) | (None, Some(t)) => Some(t),
+        (None, None) => None,
     };
     let hash = parts
         .headers
@@ -82,7 +83,7 @@ pub(crate) async fn call(
         idempotent: shared.config.failover.is_idempotent(&method),
         method,
         hash,
-        deadline: started + timeout,
+        deadline: timeout.map(|t| started + t),
         started,
     };
     let mut replay = match Replay::prepare(body, shared.config.failover.max_buffered_body) {
@@ -91,7 +92,7 @@ pub(crate) async fn call(
     };
 
     let max_attempts = shared.config.failover.max_attempts();
-    let mut tried = Tried(Vec::with_capacity(max_attempts as usize));
+    let mut tried = Tried(Vec::new());
     let mut prev: Option<Arc<EndpointCore>> = None;
     let mut attempt = 0u32;
     loop {
@@ -111,17 +112,18 @@ pub(crate) async fn call(
         if attempt > 0 {
             note_retry(&shared, &ctx, prev.as_ref(), &ep);
         }
-        let remaining = ctx.deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
+        let remaining = ctx
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        if remaining.is_some_and(|r| r.is_zero()) {
             ep.core.breaker.release();
             let status = Status::deadline_exceeded("deadline exceeded before the call was sent");
             return Ok(finish_call(&shared, &ctx, status.into_http()));
         }
-        let attempt_timeout = shared
-            .config
-            .failover
-            .attempt_timeout
-            .map_or(remaining, |t| t.min(remaining));
+        let attempt_timeout = match (shared.config.failover.attempt_timeout, remaining) {
+            (Some(a), Some(r)) => Some(a.min(r)),
+            (a, r) => a.or(r),
+        };
         let Some(body) = replay.next_body() else {
             ep.core.breaker.release();
             return Ok(finish_call(
@@ -138,8 +140,6 @@ pub(crate) async fn call(
             let resp = resp.unwrap_or_else(|| Status::internal("missing response").into_http());
             return Ok(resp);
         };
-        tried.0.push(Arc::clone(&ep.core));
-        prev = Some(Arc::clone(&ep.core));
         attempt += 1;
 
         let retry = !outcome.is_success()
@@ -158,8 +158,10 @@ pub(crate) async fn call(
             let resp = resp.unwrap_or_else(|| status_for(outcome, &ep).into_http());
             return Ok(finish_call(&shared, &ctx, resp));
         }
+        tried.0.push(Arc::clone(&ep.core));
+        prev = Some(Arc::clone(&ep.core));
         let delay = shared.backoff.delay(attempt);
-        if Instant::now() + delay >= ctx.deadline {
+        if ctx.deadline.is_some_and(|d| Instant::now() + delay >= d) {
             let status = Status::deadline_exceeded(format!(
                 "deadline exceeded before retry {attempt} (last error: {})",
                 status_for(outcome, &ep).message()
@@ -303,15 +305,24 @@ fn pick_retry(
     }
 }
 
-fn attempt_request(parts: &http::request::Parts, body: Body, timeout: Duration) -> Request<Body> {
+/// The `grpc-timeout` header name, parsed once.
+static GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
+fn attempt_request(
+    parts: &http::request::Parts,
+    body: Body,
+    timeout: Option<Duration>,
+) -> Request<Body> {
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = parts.uri.clone();
     *req.version_mut() = parts.version;
     *req.headers_mut() = parts.headers.clone();
     *req.extensions_mut() = parts.extensions.clone();
-    if let Ok(v) = HeaderValue::from_str(&classify::format_grpc_timeout(timeout)) {
-        req.headers_mut().insert("grpc-timeout", v);
+    if let Some(timeout) = timeout {
+        if let Ok(v) = HeaderValue::from_str(&classify::format_grpc_timeout(timeout)) {
+            req.headers_mut().insert(GRPC_TIMEOUT.clone(), v);
+        }
     }
     req
 }
@@ -324,14 +335,18 @@ async fn send(
     ctx: &CallCtx,
     at: At<'_>,
     req: Request<Body>,
-    timeout: Duration,
+    timeout: Option<Duration>,
 ) -> (Option<Outcome>, Option<Response<Body>>) {
     let core = &at.endpoint().core;
     core.load.start();
     metrics_attempt_start(core);
     let t0 = Instant::now();
     let guard = Cancelled(Some(core));
-    let result = tokio::time::timeout(timeout, core.channel.clone().oneshot(req)).await;
+    let call = core.channel.clone().oneshot(req);
+    let result = match timeout {
+        Some(t) => tokio::time::timeout(t, call).await,
+        None => Ok(call.await),
+    };
     guard.disarm();
     let (outcome, resp) = match result {
         Err(_) => (Outcome::TimedOut, None),
@@ -429,16 +444,12 @@ fn record_attempt(shared: &Shared, at: At<'_>, outcome: Outcome, latency: Durati
             success: !failure,
         },
     );
-    metrics::counter!(m::CLIENT_ATTEMPTS, "service" => shared.service.to_string(),
-        "instance" => core.id.clone(), "outcome" => outcome.label())
-    .increment(1);
+    core.handles.attempt(outcome);
 }
 
 fn note_retry(shared: &Shared, ctx: &CallCtx, prev: Option<&Arc<EndpointCore>>, ep: &Endpoint) {
     ClientCounters::incr(&shared.counters.retries);
-    metrics::counter!(m::CLIENT_RETRIES, "service" => shared.service.to_string(),
-        "method" => ctx.method.clone())
-    .increment(1);
+    shared.method_metrics.retry(&ctx.method);
     if let Some(prev) = prev.filter(|p| !Arc::ptr_eq(p, &ep.core)) {
         ClientCounters::incr(&shared.counters.failovers);
         metrics::counter!(m::CLIENT_FAILOVERS, "service" => shared.service.to_string(),
@@ -465,11 +476,7 @@ fn record_call(shared: &Shared, method: &str, started: Instant, code: Code) {
         &c.failures
     });
     c.latency.record(elapsed);
-    let service = shared.service.to_string();
-    metrics::counter!(m::CLIENT_REQUESTS, "service" => service.clone(),
-        "method" => method.to_owned(), "code" => classify::code_name(code))
-    .increment(1);
-    metrics::histogram!(m::CLIENT_REQUEST_DURATION, "service" => service,
-        "method" => method.to_owned())
-    .record(elapsed.as_secs_f64());
+    shared
+        .method_metrics
+        .call(method, code, elapsed.as_secs_f64());
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 use tokio::task::AbortHandle;
 use tonic::transport::Channel;
 
+use super::handles::InstanceHandles;
 use crate::balance::{Candidate, Load};
 use crate::breaker::{Breaker, BreakerState, Transition};
 use crate::instance::Instance;
@@ -47,6 +48,7 @@ pub(crate) struct EndpointCore {
     last_failure: AtomicU64,
     pub counters: Arc<InstanceCounters>,
     pub health_task: OnceLock<AbortHandle>,
+    pub handles: InstanceHandles,
     ejections: Arc<Ejections>,
 }
 
@@ -57,6 +59,7 @@ impl EndpointCore {
         breaker: Box<dyn Breaker>,
         counters: Arc<InstanceCounters>,
         ejections: Arc<Ejections>,
+        service: Arc<str>,
     ) -> Self {
         Self {
             id: instance.id().to_owned(),
@@ -68,6 +71,7 @@ impl EndpointCore {
             last_failure: AtomicU64::new(0),
             counters,
             health_task: OnceLock::new(),
+            handles: InstanceHandles::new(service, instance.id()),
             ejections,
         }
     }

@@ -43,6 +43,7 @@ mod body;
 mod builder;
 mod call;
 mod endpoint;
+mod handles;
 mod snapshot;
 
 pub use builder::{ClientBuilder, ClientError, DEFAULT_HASH_HEADER};
@@ -81,6 +82,7 @@ pub(crate) struct Shared {
     counters: ClientCounters,
     instances: Mutex<HashMap<String, (String, Arc<InstanceCounters>)>>,
     ready: watch::Sender<usize>,
+    method_metrics: handles::MethodTable,
 }
 
 impl Shared {
@@ -111,7 +113,11 @@ impl Shared {
         .set(t.to.gauge());
         metrics::gauge!(m::CLIENT_ENDPOINTS, "service" => self.service.to_string(),
             "state" => "ejected")
-        .set(self.ejections.open.load(std::sync::atomic::Ordering::Relaxed) as f64);
+        .set(
+            self.ejections
+                .open
+                .load(std::sync::atomic::Ordering::Relaxed) as f64,
+        );
     }
 }
 

@@ -90,6 +90,7 @@ fn new_core(shared: &Arc<Shared>, inst: &Instance) -> Option<Arc<EndpointCore>> 
         shared.config.breaker.build(),
         counters,
         Arc::clone(&shared.ejections),
+        Arc::clone(&shared.service),
     ));
     if let Some(hc) = &shared.config.health_check {
         let task = tokio::spawn(health_task(
