@@ -4,11 +4,14 @@ use std::time::Duration;
 
 /// Default HTTP address of the local Consul agent.
 pub const DEFAULT_ADDRESS: &str = "http://127.0.0.1:8500";
-/// Default wait of a blocking query.
-pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+/// Default wait of a blocking query. It also bounds how long a watch takes to
+/// notice a restarted agent: the agent starts its index sequence over, and a
+/// query blocked on an index from before the restart only returns at the end
+/// of its wait (then the index is seen going backwards and reset).
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(10);
 /// Default timeout of one HTTP request (above [`DEFAULT_WAIT`] plus Consul's
 /// jitter, so that blocking queries can run their full wait).
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(40);
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// Default interval of the optional HTTP check.
 pub const DEFAULT_HTTP_INTERVAL: Duration = Duration::from_secs(10);
 /// Default `DeregisterCriticalServiceAfter`: Consul's minimum (its reaper runs
@@ -231,7 +234,7 @@ mod tests {
 
     #[test]
     fn request_timeout_must_cover_the_wait() {
-        let c = ConsulConfig::default().with_request_timeout(Duration::from_secs(30));
+        let c = ConsulConfig::default().with_request_timeout(Duration::from_secs(10));
         assert!(matches!(
             c.validate(),
             Err(ConfigError::TimeoutBelowWait { .. })

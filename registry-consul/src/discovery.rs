@@ -20,7 +20,7 @@ const MIN_QUERY_INTERVAL: Duration = Duration::from_millis(50);
 /// First retry delay after a failed query.
 const RETRY_BASE: Duration = Duration::from_millis(200);
 /// Longest retry delay after failed queries.
-const RETRY_MAX: Duration = Duration::from_secs(10);
+const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Turns health entries into instances, warning (and counting) once about
 /// each problem for as long as it persists.
@@ -130,6 +130,8 @@ impl Watch {
             };
             let pause = match result {
                 Ok(answer) => {
+                    tracing::debug!(service = %self.service, asked = index, index = answer.index,
+                        entries = answer.value.len(), "Consul watch answer");
                     index = next_index(index, answer.index);
                     backoff.reset();
                     let set = decoder.instances(&answer.value, self.version.as_deref());
