@@ -349,12 +349,13 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// A registry on `endpoints` with short timeouts, so that failures show fast.
+/// A registry on `endpoints` with short timeouts, so that failures show fast
+/// (long enough for a new leader election under a loaded machine).
 pub async fn connect(endpoints: &str) -> EtcdRegistry {
     let config = EtcdConfig::from_endpoints(endpoints)
         .expect("valid endpoints")
         .with_connect_timeout(Duration::from_secs(1))
-        .with_request_timeout(Duration::from_secs(2))
+        .with_request_timeout(Duration::from_secs(5))
         .with_keep_alive_interval(Duration::from_secs(1));
     EtcdRegistry::connect(config)
         .await
