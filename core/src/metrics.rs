@@ -34,12 +34,28 @@ pub const CLIENT_BREAKER_TRANSITIONS: &str = "fyerrpc_client_breaker_transitions
 /// Gauge: breaker state per instance (0 closed, 1 open, 2 half-open), by
 /// `service`, `instance`.
 pub const CLIENT_BREAKER_STATE: &str = "fyerrpc_client_breaker_state";
-/// Gauge: endpoints known to the client, by `service` and `state`
-/// (`available`, `ejected`, `unhealthy`, `disabled`).
+/// Gauge: the client's endpoints by eligibility, by `service` and `state`:
+///
+/// | `state` | counts |
+/// |---|---|
+/// | `known` | endpoints in the client's current snapshot (enabled, selected) |
+/// | `eligible` | known endpoints with no ejection cause |
+/// | `ejected` | known endpoints with at least one cause, each counted once |
+/// | `unreachable` | endpoints that cannot be connected to |
+/// | `breaker_open` | endpoints whose circuit breaker is open |
+/// | `unhealthy` | endpoints failing their active health checks |
+/// | `disabled` | instances the registry lists as disabled (not in the snapshot) |
+///
+/// The per-cause lines count an endpoint with two causes in both.
 pub const CLIENT_ENDPOINTS: &str = "fyerrpc_client_endpoints";
-/// Counter: calls placed while more endpoints were ejected than allowed, so
-/// ejections were ignored (panic mode), by `service`.
+/// Counter: picks made while more reachable endpoints were ejected for
+/// statistical causes than `max_ejection_ratio` allows, so those ejections
+/// were ignored (panic mode), by `service`.
 pub const CLIENT_PANIC_PICKS: &str = "fyerrpc_client_panic_picks_total";
+/// Counter: attempts sent again at once because the previous one never
+/// reached a server (no connection, refused stream, above a GOAWAY), by
+/// `service`. They spend no retry budget.
+pub const CLIENT_TRANSPARENT_RETRIES: &str = "fyerrpc_client_transparent_retries_total";
 /// Counter: active health check results, by `service`, `instance`, `result`.
 pub const CLIENT_HEALTH_CHECKS: &str = "fyerrpc_client_health_checks_total";
 /// Counter: registry watch errors seen by the client, by `service`.
@@ -162,6 +178,10 @@ pub struct ClientCounters {
     pub budget_exhausted: AtomicU64,
     /// Breaker trips (to open).
     pub breaker_trips: AtomicU64,
+    /// Picks made in panic mode.
+    pub panic_picks: AtomicU64,
+    /// Attempts re-sent because the previous one never reached a server.
+    pub transparent_retries: AtomicU64,
     /// Whole-call latency.
     pub latency: LatencyHistogram,
 }
@@ -189,8 +209,15 @@ pub struct InstanceStats {
     /// Breaker state (`closed`, `open`, `half_open`), or `removed` when the
     /// instance has left the registry.
     pub breaker: String,
-    /// Whether the last active health check passed (true without checks).
+    /// Whether the last active health check verdict is healthy (true
+    /// without checks).
     pub healthy: bool,
+    /// Whether the instance can be connected to, as far as the client knows.
+    pub reachable: bool,
+    /// Why the instance takes no new calls now (`unreachable`,
+    /// `breaker_open`, `breaker_half_open_busy`, `unhealthy`); empty when it
+    /// is eligible.
+    pub ejected_for: Vec<String>,
 }
 
 /// A snapshot of a client's stats: what the demo prints.
@@ -210,6 +237,10 @@ pub struct Stats {
     pub budget_exhausted: u64,
     /// Breaker trips.
     pub breaker_trips: u64,
+    /// Picks made in panic mode.
+    pub panic_picks: u64,
+    /// Attempts re-sent because the previous one never reached a server.
+    pub transparent_retries: u64,
     /// Mean call latency.
     #[serde(serialize_with = "as_secs")]
     pub avg_latency: Duration,
@@ -239,6 +270,8 @@ impl ClientCounters {
             failovers: get(&self.failovers),
             budget_exhausted: get(&self.budget_exhausted),
             breaker_trips: get(&self.breaker_trips),
+            panic_picks: get(&self.panic_picks),
+            transparent_retries: get(&self.transparent_retries),
             avg_latency: self.latency.mean(),
             p50_latency: self.latency.quantile(0.5),
             p99_latency: self.latency.quantile(0.99),

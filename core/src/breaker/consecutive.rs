@@ -11,20 +11,20 @@ pub const DEFAULT_THRESHOLD: u32 = 5;
 /// any success resets the count. The reference framework's default breaker.
 ///
 /// ```
-/// use fyerrpc::breaker::{Breaker, BreakerPolicy, BreakerState, ConsecutiveFailures};
+/// use fyerrpc::breaker::{Breaker, BreakerPolicy, BreakerState, ConsecutiveFailures, Permit};
 ///
 /// let policy = ConsecutiveFailures::new(3);
 /// policy.validate()?;
 /// let breaker = policy.build();
 /// for _ in 0..2 {
-///     assert_eq!(breaker.record(false), None);
+///     assert_eq!(breaker.record(Permit::Closed, false), None);
 /// }
-/// breaker.record(true); // resets the run
+/// breaker.record(Permit::Closed, true); // resets the run
 /// for _ in 0..2 {
-///     breaker.record(false);
+///     breaker.record(Permit::Closed, false);
 /// }
 /// assert_eq!(breaker.state(), BreakerState::Closed);
-/// assert!(breaker.record(false).is_some());
+/// assert!(breaker.record(Permit::Closed, false).is_some());
 /// assert_eq!(breaker.state(), BreakerState::Open);
 /// # Ok::<(), fyerrpc::breaker::BreakerConfigError>(())
 /// ```

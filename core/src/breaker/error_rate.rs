@@ -29,7 +29,7 @@ pub const MAX_BUCKETS: u32 = 3_600;
 ///
 /// ```
 /// use std::time::Duration;
-/// use fyerrpc::breaker::{Breaker, BreakerPolicy, BreakerState, ErrorRate};
+/// use fyerrpc::breaker::{Breaker, BreakerPolicy, BreakerState, ErrorRate, Permit};
 ///
 /// let policy = ErrorRate::default()
 ///     .with_window(Duration::from_secs(30))
@@ -37,11 +37,11 @@ pub const MAX_BUCKETS: u32 = 3_600;
 ///     .with_threshold(0.5);
 /// policy.validate()?;
 /// let breaker = policy.build();
-/// breaker.record(true);
-/// breaker.record(false);
-/// breaker.record(true);
+/// breaker.record(Permit::Closed, true);
+/// breaker.record(Permit::Closed, false);
+/// breaker.record(Permit::Closed, true);
 /// assert_eq!(breaker.state(), BreakerState::Closed); // 3 calls < min_requests
-/// breaker.record(false); // 2 of 4 failed
+/// breaker.record(Permit::Closed, false); // 2 of 4 failed
 /// assert_eq!(breaker.state(), BreakerState::Open);
 /// # Ok::<(), fyerrpc::breaker::BreakerConfigError>(())
 /// ```

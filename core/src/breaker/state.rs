@@ -2,14 +2,22 @@
 //! [`OpenPolicy`] (how long to stay open, how to probe, when to close).
 //!
 //! ```text
-//!            trip condition met                 open time elapsed,
-//!  Closed ---------------------------> Open ----------------------> HalfOpen
-//!    ^                                  ^     (next try_acquire)      |
-//!    |                                  |  success ratio unreachable  |
-//!    |                                  +-----------------------------+
-//!    |        all probes reported, success ratio >= close_ratio       |
-//!    +----------------------------------------------------------------+
+//!            trip condition met                   open time elapsed
+//!  Closed ---------------------------> Open ------------------------> HalfOpen
+//!    ^     (Permit::Closed outcomes)    ^    (expire(), driven by a     |  (Permit::Probe
+//!    |                                  |     timer; no call needed)    |   outcomes only)
+//!    |                                  |                               |
+//!    |                                  |  success ratio can no longer  |
+//!    |                                  +-------- be reached -----------+
+//!    |                                                                  |
+//!    |      success ratio reached (certain, even if the rest fail)      |
+//!    +------------------------------------------------------------------+
 //! ```
+//!
+//! Outcomes are reported with the [`Permit`] their call was admitted under:
+//! closed-time outcomes count only while closed, probe outcomes only in
+//! their own half-open period. Everything else is a late report and is
+//! ignored, so a call the breaker never admitted cannot decide a probe.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -19,7 +27,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::error::{check_count, check_duration, check_multiplier, check_ratio};
-use super::{Breaker, BreakerConfigError, BreakerState, Transition};
+use super::{Breaker, BreakerConfigError, BreakerState, Permit, Transition};
 
 /// Default time a breaker stays open after its first trip.
 pub const DEFAULT_BASE_OPEN: Duration = Duration::from_secs(30);
@@ -44,10 +52,10 @@ pub const DEFAULT_CLOSE_RATIO: f64 = 0.5;
 ///   opens for the last open time × `trip_multiplier`. Once it has stayed
 ///   closed that long, the open time is back to `base_open`.
 /// * Open times never exceed `base_open × max_multiplier`.
-/// * Half-open admits `half_open_calls` probes, and decides once all have
-///   reported: closed if at least `close_ratio` of them succeeded, open
-///   again otherwise; it opens again as soon as the ratio can no longer be
-///   reached.
+/// * Half-open admits `half_open_calls` probes and decides as soon as the
+///   verdict is certain: closed once at least `close_ratio` of the
+///   `half_open_calls` probes have succeeded (whatever the others do), open
+///   again as soon as that ratio can no longer be reached.
 ///
 /// The defaults are the reference framework's: 30 s, ×2.0, ×1.5, 10×,
 /// 3 probes, ratio 0.5.
@@ -186,13 +194,16 @@ impl OpenPolicy {
     /// Whether the half-open probes have decided: `Some(true)` to close,
     /// `Some(false)` to open again, `None` while undecided.
     fn verdict(&self, successes: u32, failures: u32) -> Option<bool> {
-        let calls = self.half_open_calls;
-        let outstanding = calls.saturating_sub(successes.saturating_add(failures));
-        let best = f64::from(successes.saturating_add(outstanding)) / f64::from(calls);
-        if best < self.close_ratio {
-            Some(false)
-        } else if outstanding == 0 {
+        let calls = f64::from(self.half_open_calls);
+        let outstanding = self
+            .half_open_calls
+            .saturating_sub(successes.saturating_add(failures));
+        let worst = f64::from(successes) / calls;
+        let best = f64::from(successes.saturating_add(outstanding)) / calls;
+        if worst >= self.close_ratio {
             Some(true)
+        } else if best < self.close_ratio {
+            Some(false)
         } else {
             None
         }
@@ -210,7 +221,7 @@ fn scale(d: Duration, factor: f64, cap: Duration) -> Duration {
 /// change.
 ///
 /// ```
-/// use fyerrpc::breaker::{Breaker, BreakerState, OpenPolicy, StateMachine, TripCondition};
+/// use fyerrpc::breaker::{Breaker, BreakerState, OpenPolicy, Permit, StateMachine, TripCondition};
 ///
 /// /// Trips on the first failure.
 /// #[derive(Debug, Default)]
@@ -223,9 +234,9 @@ fn scale(d: Duration, factor: f64, cap: Duration) -> Duration {
 /// }
 ///
 /// let breaker = StateMachine::new(AnyFailure, OpenPolicy::default());
-/// breaker.record(true);
+/// breaker.record(Permit::Closed, true);
 /// assert_eq!(breaker.state(), BreakerState::Closed);
-/// breaker.record(false);
+/// breaker.record(Permit::Closed, false);
 /// assert_eq!(breaker.state(), BreakerState::Open);
 /// ```
 pub trait TripCondition: Send + fmt::Debug + 'static {
@@ -249,6 +260,7 @@ enum Phase {
         until: Instant,
     },
     HalfOpen {
+        period: u32,
         granted: u32,
         successes: u32,
         failures: u32,
@@ -273,32 +285,29 @@ struct Inner<T> {
     open_for: Duration,
     /// When the breaker last closed after being open.
     closed_at: Option<Instant>,
+    /// Number of the last half-open period (probe permits carry it).
+    period: u32,
 }
 
 /// A [`Breaker`] over any [`TripCondition`], with the open / half-open
 /// behaviour of an [`OpenPolicy`].
 ///
 /// The hot paths are lock-free: [`is_available`](Breaker::is_available)
-/// reads atomics only, and [`try_acquire`](Breaker::try_acquire) on a closed
-/// breaker is a single atomic load. Recording an outcome, and every state
-/// change, take a short mutex. Time is [`tokio::time::Instant`], so tests can
-/// pause and advance it.
-///
-/// Outcomes are not tagged with the state their call was admitted in, so the
-/// machine applies two rules to late reports: outcomes recorded while open
-/// are ignored, and a half-open breaker counts at most as many outcomes as it
-/// granted probes.
+/// reads atomics only (no clock), and [`try_acquire`](Breaker::try_acquire)
+/// on a closed breaker is a single atomic load. Recording an outcome, and
+/// every state change, take a short mutex. Time is [`tokio::time::Instant`],
+/// so tests can pause and advance it.
 ///
 /// ```
 /// use std::time::Duration;
-/// use fyerrpc::breaker::{Breaker, BreakerState, ConsecutiveFailures, OpenPolicy};
+/// use fyerrpc::breaker::{Breaker, BreakerState, ConsecutiveFailures, OpenPolicy, Permit};
 ///
 /// let breaker = ConsecutiveFailures::new(2)
 ///     .with_open(OpenPolicy::default().with_base_open(Duration::from_secs(10)))
 ///     .breaker();
-/// assert_eq!(breaker.try_acquire(), (true, None));
-/// breaker.record(false);
-/// let trip = breaker.record(false).expect("the second failure trips");
+/// assert_eq!(breaker.try_acquire(), (Some(Permit::Closed), None));
+/// breaker.record(Permit::Closed, false);
+/// let trip = breaker.record(Permit::Closed, false).expect("the second failure trips");
 /// assert_eq!((trip.from, trip.to), (BreakerState::Closed, BreakerState::Open));
 /// assert!(!breaker.is_available());
 /// assert_eq!(breaker.open_duration(), Duration::from_secs(10));
@@ -307,12 +316,8 @@ struct Inner<T> {
 #[derive(Debug)]
 pub struct StateMachine<T> {
     policy: OpenPolicy,
-    /// Origin of the nanosecond timestamps in `open_until`.
-    epoch: Instant,
     /// Mirror of `inner.phase` for lock-free reads.
     state: AtomicU8,
-    /// Mirror of `Phase::Open::until`, in nanoseconds since `epoch`.
-    open_until: AtomicU64,
     /// Mirror of the free half-open probe slots.
     probes_free: AtomicU32,
     trips: AtomicU64,
@@ -326,9 +331,7 @@ impl<T: TripCondition> StateMachine<T> {
         let policy = policy.sanitized();
         Self {
             policy,
-            epoch: Instant::now(),
             state: AtomicU8::new(CLOSED),
-            open_until: AtomicU64::new(0),
             probes_free: AtomicU32::new(0),
             trips: AtomicU64::new(0),
             inner: Mutex::new(Inner {
@@ -336,6 +339,7 @@ impl<T: TripCondition> StateMachine<T> {
                 phase: Phase::Closed,
                 open_for: policy.base_open,
                 closed_at: None,
+                period: 0,
             }),
         }
     }
@@ -365,6 +369,7 @@ impl<T: TripCondition> StateMachine<T> {
                 granted,
                 successes,
                 failures,
+                ..
             } => Some((granted, successes, failures)),
             _ => None,
         }
@@ -374,20 +379,12 @@ impl<T: TripCondition> StateMachine<T> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn nanos_since_epoch(&self, t: Instant) -> u64 {
-        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
-    }
-
     /// Copies the authoritative phase into the lock-free mirrors. The state
     /// is stored last (release) so that a reader seeing it sees the rest.
     fn publish(&self, phase: Phase) {
         let state = match phase {
             Phase::Closed => CLOSED,
-            Phase::Open { until } => {
-                self.open_until
-                    .store(self.nanos_since_epoch(until), Ordering::Relaxed);
-                OPEN
-            }
+            Phase::Open { .. } => OPEN,
             Phase::HalfOpen { granted, .. } => {
                 let free = self.policy.half_open_calls.saturating_sub(granted);
                 self.probes_free.store(free, Ordering::Relaxed);
@@ -444,8 +441,9 @@ impl<T: TripCondition> StateMachine<T> {
     }
 
     /// Counts one half-open probe outcome and applies the verdict, if any.
-    fn record_probe(&self, inner: &mut Inner<T>, success: bool) -> Option<Transition> {
+    fn record_probe(&self, inner: &mut Inner<T>, period: u32, success: bool) -> Option<Transition> {
         let Phase::HalfOpen {
+            period: current,
             granted,
             mut successes,
             mut failures,
@@ -453,8 +451,8 @@ impl<T: TripCondition> StateMachine<T> {
         else {
             return None;
         };
-        if successes.saturating_add(failures) >= granted {
-            // Not a probe's outcome: a late report from an earlier period.
+        if current != period || successes.saturating_add(failures) >= granted {
+            // A probe of an earlier half-open period.
             return None;
         }
         if success {
@@ -463,6 +461,7 @@ impl<T: TripCondition> StateMachine<T> {
             failures += 1;
         }
         inner.phase = Phase::HalfOpen {
+            period,
             granted,
             successes,
             failures,
@@ -494,78 +493,98 @@ fn far_future(now: Instant) -> Instant {
     now.checked_add(THIRTY_YEARS).unwrap_or(now)
 }
 
+impl<T: TripCondition> StateMachine<T> {
+    /// Moves an open phase whose time has passed to half-open.
+    fn expire_locked(&self, inner: &mut Inner<T>, now: Instant) -> Option<Transition> {
+        match inner.phase {
+            Phase::Open { until } if now >= until => {
+                inner.period = inner.period.wrapping_add(1);
+                let probing = Phase::HalfOpen {
+                    period: inner.period,
+                    granted: 0,
+                    successes: 0,
+                    failures: 0,
+                };
+                self.enter(inner, probing)
+            }
+            _ => None,
+        }
+    }
+}
+
 impl<T: TripCondition> Breaker for StateMachine<T> {
     fn is_available(&self) -> bool {
         match self.state.load(Ordering::Acquire) {
             CLOSED => true,
-            OPEN => {
-                self.nanos_since_epoch(Instant::now()) >= self.open_until.load(Ordering::Relaxed)
-            }
+            OPEN => false,
             _ => self.probes_free.load(Ordering::Relaxed) > 0,
         }
     }
 
-    fn try_acquire(&self) -> (bool, Option<Transition>) {
+    fn try_acquire(&self) -> (Option<Permit>, Option<Transition>) {
         if self.state.load(Ordering::Acquire) == CLOSED {
-            return (true, None);
+            return (Some(Permit::Closed), None);
         }
         let mut inner = self.lock();
-        let mut transition = None;
-        if let Phase::Open { until } = inner.phase {
-            if Instant::now() < until {
-                return (false, None);
+        let transition = if matches!(inner.phase, Phase::Open { .. }) {
+            match self.expire_locked(&mut inner, Instant::now()) {
+                Some(t) => Some(t),
+                None => return (None, None),
             }
-            let probing = Phase::HalfOpen {
-                granted: 0,
-                successes: 0,
-                failures: 0,
-            };
-            transition = self.enter(&mut inner, probing);
-        }
-        let granted = match inner.phase {
-            Phase::Closed => true,
+        } else {
+            None
+        };
+        let permit = match inner.phase {
+            Phase::Closed => Some(Permit::Closed),
             Phase::HalfOpen {
+                period,
                 granted,
                 successes,
                 failures,
             } if granted < self.policy.half_open_calls => {
                 let phase = Phase::HalfOpen {
+                    period,
                     granted: granted + 1,
                     successes,
                     failures,
                 };
                 inner.phase = phase;
                 self.publish(phase);
-                true
+                Some(Permit::Probe { period })
             }
-            _ => false,
+            _ => None,
         };
-        (granted, transition)
+        (permit, transition)
     }
 
-    fn record(&self, success: bool) -> Option<Transition> {
+    fn record(&self, permit: Permit, success: bool) -> Option<Transition> {
         let mut inner = self.lock();
-        match inner.phase {
-            Phase::Closed => self.record_closed(&mut inner, success),
-            Phase::HalfOpen { .. } => self.record_probe(&mut inner, success),
-            // A late report of a call admitted before the trip.
-            Phase::Open { .. } => None,
+        match (permit, inner.phase) {
+            (Permit::Closed, Phase::Closed) => self.record_closed(&mut inner, success),
+            (Permit::Probe { period }, Phase::HalfOpen { .. }) => {
+                self.record_probe(&mut inner, period, success)
+            }
+            // A late report: a call admitted before a trip, or a probe of
+            // an earlier period.
+            _ => None,
         }
     }
 
-    fn release(&self) {
-        if self.state.load(Ordering::Acquire) == CLOSED {
+    fn release(&self, permit: Permit) {
+        let Permit::Probe { period } = permit else {
             return;
-        }
+        };
         let mut inner = self.lock();
         if let Phase::HalfOpen {
+            period: current,
             granted,
             successes,
             failures,
         } = inner.phase
         {
-            if granted > successes.saturating_add(failures) {
+            if current == period && granted > successes.saturating_add(failures) {
                 let phase = Phase::HalfOpen {
+                    period,
                     granted: granted - 1,
                     successes,
                     failures,
@@ -586,5 +605,23 @@ impl<T: TripCondition> Breaker for StateMachine<T> {
 
     fn trips(&self) -> u64 {
         self.trips.load(Ordering::Relaxed)
+    }
+
+    fn open_remaining(&self) -> Option<Duration> {
+        if self.state.load(Ordering::Acquire) != OPEN {
+            return None;
+        }
+        match self.lock().phase {
+            Phase::Open { until } => Some(until.saturating_duration_since(Instant::now())),
+            _ => None,
+        }
+    }
+
+    fn expire(&self) -> Option<Transition> {
+        if self.state.load(Ordering::Acquire) != OPEN {
+            return None;
+        }
+        let mut inner = self.lock();
+        self.expire_locked(&mut inner, Instant::now())
     }
 }

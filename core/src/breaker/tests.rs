@@ -16,32 +16,41 @@ fn t(from: BreakerState, to: BreakerState) -> Option<Transition> {
 
 use BreakerState::{Closed, HalfOpen, Open};
 
+const CLOSED: Permit = Permit::Closed;
+
 fn consecutive(threshold: u32) -> StateMachine<ConsecutiveCount> {
     ConsecutiveFailures::new(threshold).breaker()
+}
+
+/// Claims a permit, asserting one is granted.
+fn acquire(b: &(impl Breaker + ?Sized)) -> Permit {
+    b.try_acquire().0.expect("a permit")
 }
 
 /// Fails `n` calls in a row; returns the last transition.
 fn fail(b: &(impl Breaker + ?Sized), n: u32) -> Option<Transition> {
     (0..n).fold(None, |_, _| {
-        assert!(b.try_acquire().0);
-        b.record(false)
+        let p = acquire(b);
+        b.record(p, false)
     })
 }
 
-/// Waits out the open time and moves to half-open with one probe granted.
-async fn to_half_open(b: &StateMachine<ConsecutiveCount>) {
+/// Waits out the open time, expires the breaker, and claims one probe.
+async fn to_half_open(b: &StateMachine<ConsecutiveCount>) -> Permit {
     advance(b.open_duration()).await;
-    assert_eq!(b.try_acquire(), (true, t(Open, HalfOpen)));
+    assert_eq!(b.open_remaining(), Some(Duration::ZERO));
+    assert_eq!(b.expire(), t(Open, HalfOpen));
+    let p = acquire(b);
+    assert!(matches!(p, Permit::Probe { .. }), "{p:?}");
+    p
 }
 
-/// From open: waits, then closes with successful probes.
+/// From open: waits, then closes with successful probes (2 of 3 suffice).
 async fn close_via_probes(b: &StateMachine<ConsecutiveCount>) {
-    to_half_open(b).await;
-    assert_eq!(b.record(true), None);
-    assert_eq!(b.try_acquire(), (true, None));
-    assert_eq!(b.record(true), None);
-    assert_eq!(b.try_acquire(), (true, None));
-    assert_eq!(b.record(true), t(HalfOpen, Closed));
+    let p = to_half_open(b).await;
+    assert_eq!(b.record(p, true), None);
+    let p = acquire(b);
+    assert_eq!(b.record(p, true), t(HalfOpen, Closed));
 }
 
 #[tokio::test(start_paused = true)]
@@ -49,7 +58,7 @@ async fn consecutive_trips_exactly_at_the_threshold() {
     let b = consecutive(5);
     assert_eq!(fail(&b, 4), None);
     assert_eq!(b.state(), Closed);
-    assert_eq!(b.record(true), None, "a success resets the run");
+    assert_eq!(b.record(CLOSED, true), None, "a success resets the run");
     assert_eq!(fail(&b, 4), None);
     assert_eq!(b.state(), Closed);
     assert_eq!(fail(&b, 1), t(Closed, Open));
@@ -58,24 +67,38 @@ async fn consecutive_trips_exactly_at_the_threshold() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn open_rejects_until_the_open_time_passes_then_admits_the_probes() {
+async fn time_moves_open_to_half_open_then_the_probes_are_admitted() {
     let b = consecutive(1);
     fail(&b, 1);
     assert!(!b.is_available());
-    assert_eq!(b.try_acquire(), (false, None));
+    assert_eq!(b.try_acquire(), (None, None));
+    assert_eq!(b.open_remaining(), Some(BASE));
     advance(BASE - MS).await;
-    assert!(!b.is_available());
-    assert_eq!(b.try_acquire(), (false, None));
+    assert_eq!(b.expire(), None, "not yet");
+    assert_eq!(b.open_remaining(), Some(MS));
+    assert_eq!(b.try_acquire(), (None, None));
     advance(MS).await;
-    assert!(b.is_available());
-    assert_eq!(b.state(), Open, "open until the next try_acquire");
-    assert_eq!(b.try_acquire(), (true, t(Open, HalfOpen)));
+    assert!(!b.is_available(), "no clock read: open until expired");
+    assert_eq!(b.expire(), t(Open, HalfOpen));
+    assert_eq!(b.expire(), None, "once");
+    assert_eq!(b.open_remaining(), None);
     assert_eq!(b.state(), HalfOpen);
-    assert_eq!(b.try_acquire(), (true, None));
     assert!(b.is_available());
-    assert_eq!(b.try_acquire(), (true, None));
+    for _ in 0..3 {
+        assert!(matches!(acquire(&b), Permit::Probe { .. }));
+    }
     assert!(!b.is_available(), "all 3 probes granted");
-    assert_eq!(b.try_acquire(), (false, None));
+    assert_eq!(b.try_acquire(), (None, None));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_try_acquire_also_expires_an_open_breaker() {
+    let b = consecutive(1);
+    fail(&b, 1);
+    advance(BASE).await;
+    let (permit, transition) = b.try_acquire();
+    assert!(matches!(permit, Some(Permit::Probe { .. })));
+    assert_eq!(transition, t(Open, HalfOpen));
 }
 
 #[tokio::test(start_paused = true)]
@@ -85,8 +108,8 @@ async fn successful_probes_close_and_the_open_time_resets() {
     close_via_probes(&b).await;
     assert_eq!(b.state(), Closed);
     assert!(b.is_available());
-    assert_eq!(b.try_acquire(), (true, None));
-    // A flapping instance trips again at once: ×2.
+    assert_eq!(b.try_acquire(), (Some(CLOSED), None));
+    // A flapping instance trips again at once: x2.
     fail(&b, 1);
     assert_eq!(b.open_duration(), BASE * 2);
     close_via_probes(&b).await;
@@ -101,31 +124,40 @@ async fn successful_probes_close_and_the_open_time_resets() {
 async fn a_failed_half_open_reopens_for_one_and_a_half_times_longer() {
     let b = consecutive(1);
     fail(&b, 1);
-    to_half_open(&b).await;
-    assert_eq!(b.record(false), None, "2 successes of 3 still possible");
-    assert_eq!(b.try_acquire(), (true, None));
-    assert_eq!(b.record(false), t(HalfOpen, Open), "ratio unreachable");
+    let first = to_half_open(&b).await;
+    assert_eq!(b.record(first, false), None, "2 successes of 3 still possible");
+    let second = acquire(&b);
+    let third = acquire(&b);
+    assert_eq!(b.record(second, false), t(HalfOpen, Open), "ratio unreachable");
     assert_eq!(b.open_duration(), BASE.mul_f64(1.5));
     assert_eq!(b.trips(), 2);
     advance(BASE.mul_f64(1.5) - MS).await;
-    assert!(!b.is_available());
+    assert_eq!(b.expire(), None);
     advance(MS).await;
-    assert!(b.is_available());
-    // Late reports of the cancelled third probe are ignored.
-    assert_eq!(b.record(true), None);
-    assert_eq!(b.state(), Open);
+    assert_eq!(b.expire(), t(Open, HalfOpen));
+    // The third probe of the earlier period reports late: not counted.
+    assert_eq!(b.record(third, true), None);
+    assert_eq!(b.probes(), Some((0, 0, 0)));
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_verdict_waits_for_every_probe() {
+async fn the_verdict_comes_as_soon_as_it_is_certain() {
     let b = consecutive(1);
     fail(&b, 1);
-    to_half_open(&b).await;
-    assert_eq!(b.record(true), None);
-    assert_eq!(b.try_acquire(), (true, None));
-    assert_eq!(b.record(false), None, "1 of 2 so far: undecided");
-    assert_eq!(b.try_acquire(), (true, None));
-    assert_eq!(b.record(true), t(HalfOpen, Closed), "2 of 3 >= 0.5");
+    let p1 = to_half_open(&b).await;
+    let p2 = acquire(&b);
+    let p3 = acquire(&b);
+    assert_eq!(b.record(p1, true), None, "1 of 3: undecided");
+    assert_eq!(b.record(p2, false), None, "1 of 3, one outstanding: undecided");
+    assert_eq!(b.record(p3, true), t(HalfOpen, Closed), "2 of 3 >= 0.5");
+
+    // Certain before every probe has reported: 2 successes of 3 close it.
+    fail(&b, 1);
+    let p1 = to_half_open(&b).await;
+    let p2 = acquire(&b);
+    let _p3 = acquire(&b);
+    assert_eq!(b.record(p1, true), None);
+    assert_eq!(b.record(p2, true), t(HalfOpen, Closed));
 
     let strict = ConsecutiveFailures::new(1)
         .with_open(
@@ -136,11 +168,28 @@ async fn the_verdict_waits_for_every_probe() {
         .breaker();
     fail(&strict, 1);
     advance(BASE).await;
-    for _ in 0..5 {
-        assert!(strict.try_acquire().0);
+    strict.expire();
+    let probes: Vec<Permit> = (0..5).map(|_| acquire(&strict)).collect();
+    assert_eq!(strict.record(probes[0], false), None, "4 of 5 still possible");
+    assert_eq!(strict.record(probes[1], false), t(HalfOpen, Open));
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_probe_permits_decide_a_half_open_breaker() {
+    let b = consecutive(1);
+    let before_trip = acquire(&b);
+    fail(&b, 1);
+    // A call admitted while closed ends while open: ignored.
+    assert_eq!(b.record(before_trip, false), None);
+    let probe = to_half_open(&b).await;
+    // ... and while half-open: still not a probe.
+    for _ in 0..3 {
+        assert_eq!(b.record(before_trip, true), None);
     }
-    assert_eq!(strict.record(false), None, "4 of 5 still possible");
-    assert_eq!(strict.record(false), t(HalfOpen, Open));
+    assert_eq!(b.probes(), Some((1, 0, 0)));
+    assert_eq!(b.state(), HalfOpen);
+    assert_eq!(b.record(probe, true), None);
+    assert_eq!(b.probes(), Some((1, 1, 0)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -166,10 +215,10 @@ async fn failed_probes_grow_the_open_time_up_to_the_cap() {
     fail(&b, 1);
     let mut open = BASE;
     for _ in 0..8 {
-        to_half_open(&b).await;
-        assert_eq!(b.try_acquire(), (true, None));
-        b.record(false);
-        assert_eq!(b.record(false), t(HalfOpen, Open));
+        let p1 = to_half_open(&b).await;
+        let p2 = acquire(&b);
+        b.record(p1, false);
+        assert_eq!(b.record(p2, false), t(HalfOpen, Open));
         open = open.mul_f64(1.5).min(BASE * 10);
         assert_eq!(b.open_duration(), open);
     }
@@ -179,40 +228,27 @@ async fn failed_probes_grow_the_open_time_up_to_the_cap() {
 #[tokio::test(start_paused = true)]
 async fn release_frees_a_probe_slot() {
     let b = consecutive(1);
-    b.release(); // closed: nothing to give back
-    assert_eq!(b.try_acquire(), (true, None));
+    b.release(CLOSED); // closed: nothing to give back
+    assert_eq!(b.try_acquire(), (Some(CLOSED), None));
     fail(&b, 1);
-    to_half_open(&b).await;
-    assert_eq!(b.try_acquire(), (true, None));
-    assert_eq!(b.try_acquire(), (true, None));
+    let p1 = to_half_open(&b).await;
+    let p2 = acquire(&b);
+    let p3 = acquire(&b);
     assert!(!b.is_available());
-    b.release();
+    b.release(p3);
     assert!(b.is_available());
-    assert_eq!(b.try_acquire(), (true, None));
-    assert_eq!(b.try_acquire(), (false, None));
-    // Releasing cannot free slots whose outcome was reported.
-    for _ in 0..2 {
-        b.record(true);
-    }
-    b.release();
-    b.release();
-    assert!(b.is_available());
-    assert_eq!(b.try_acquire(), (true, None));
+    let p3 = acquire(&b);
+    assert_eq!(b.try_acquire(), (None, None));
+    assert_eq!(b.record(p1, false), None);
+    // Released permits of another period free nothing.
+    b.release(Permit::Probe { period: 99 });
     assert!(!b.is_available());
-    assert_eq!(b.record(true), t(HalfOpen, Closed));
-}
-
-#[tokio::test(start_paused = true)]
-async fn half_open_counts_no_more_outcomes_than_probes() {
-    let b = consecutive(1);
-    fail(&b, 1);
-    to_half_open(&b).await;
-    assert_eq!(b.record(true), None);
-    // A late success of a call admitted before the trip is not a probe.
-    assert_eq!(b.record(true), None);
-    assert_eq!(b.record(true), None);
-    assert_eq!(b.state(), HalfOpen);
+    b.release(p2);
     assert!(b.is_available());
+    let p2 = acquire(&b);
+    assert!(!b.is_available());
+    assert_eq!(b.record(p2, true), None);
+    assert_eq!(b.record(p3, true), t(HalfOpen, Closed));
 }
 
 #[tokio::test(start_paused = true)]
@@ -247,7 +283,7 @@ async fn error_rate_does_not_trip_below_min_requests() {
 async fn error_rate_trips_at_the_ratio() {
     let b = error_rate();
     for _ in 0..11 {
-        b.record(true);
+        b.record(CLOSED, true);
     }
     assert_eq!(fail(&b, 9), None, "9 of 20");
     assert_eq!(fail(&b, 1), None, "10 of 21");
@@ -273,12 +309,11 @@ async fn error_rate_starts_afresh_after_closing() {
     fail(&b, 4);
     assert_eq!(b.state(), Open);
     advance(BASE).await;
-    for _ in 0..3 {
-        assert!(b.try_acquire().0);
-    }
-    b.record(true);
-    b.record(true);
-    assert_eq!(b.record(false), t(HalfOpen, Closed));
+    b.expire();
+    let probes: Vec<Permit> = (0..3).map(|_| acquire(&b)).collect();
+    assert_eq!(b.record(probes[0], false), None);
+    assert_eq!(b.record(probes[1], true), None);
+    assert_eq!(b.record(probes[2], true), t(HalfOpen, Closed));
     assert_eq!(totals(&b), (0, 0));
     assert_eq!(fail(&b, 3), None);
 }
@@ -358,7 +393,8 @@ async fn unchecked_policies_fall_back_to_defaults_without_panicking() {
     let b = ConsecutiveFailures::new(1).with_open(huge).breaker();
     fail(&b, 1);
     assert!(!b.is_available());
-    assert_eq!(b.try_acquire(), (false, None));
+    assert_eq!(b.try_acquire(), (None, None));
+    assert_eq!(b.expire(), None);
 
     let b = ErrorRate::new(f64::NAN, 0)
         .with_buckets(0)
@@ -388,14 +424,15 @@ fn concurrent_use_keeps_the_state_consistent() {
                 let mut seen = Vec::new();
                 for _ in 0..20_000 {
                     let _ = b.is_available();
-                    let (granted, tr) = b.try_acquire();
+                    seen.extend(b.expire());
+                    let (permit, tr) = b.try_acquire();
                     seen.extend(tr);
-                    if !granted {
+                    let Some(permit) = permit else {
                         continue;
-                    }
+                    };
                     match rng.u8(..10) {
-                        0 => b.release(),
-                        n => seen.extend(b.record(n > 4)),
+                        0 => b.release(permit),
+                        n => seen.extend(b.record(permit, n > 4)),
                     }
                 }
                 seen

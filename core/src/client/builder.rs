@@ -4,9 +4,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::sync::atomic::AtomicUsize;
+
 use arc_swap::ArcSwap;
 use http::HeaderName;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch, Notify};
 
 use super::snapshot::{run_discovery, Snapshot};
 use super::{Client, Shared, TaskGuard};
@@ -63,7 +65,14 @@ pub(crate) struct Config {
     pub selector: Option<Arc<dyn Selector>>,
     pub hash_header: HeaderName,
     pub max_ejection_ratio: f64,
+    pub wait_for_ready: bool,
+    pub reconnect_base: Duration,
+    pub reconnect_max: Duration,
+    pub stats_retention: Duration,
 }
+
+/// Default time the counters of an instance that left are kept.
+pub const DEFAULT_STATS_RETENTION: Duration = Duration::from_secs(300);
 
 /// Builds a [`Client`]. Defaults:
 ///
@@ -76,7 +85,10 @@ pub(crate) struct Config {
 /// | connect timeout | 1 s |
 /// | request timeout | none (only the caller's deadline) |
 /// | health checks | off |
-/// | max ejection ratio | 0.5: beyond it, ejections are ignored (panic mode) |
+/// | max ejection ratio | 0.5: beyond it, statistical ejections are ignored (panic mode) |
+/// | wait for ready | off: when every instance is unreachable, calls fail at once |
+/// | reconnect probes | from 200 ms, ×1.6, at most 5 s apart |
+/// | stats retention | 5 min: counters of instances gone for longer are dropped |
 /// | hash header | [`DEFAULT_HASH_HEADER`] |
 #[must_use]
 pub struct ClientBuilder {
@@ -111,6 +123,10 @@ impl ClientBuilder {
                 selector: None,
                 hash_header: HeaderName::from_static(DEFAULT_HASH_HEADER),
                 max_ejection_ratio: 0.5,
+                wait_for_ready: false,
+                reconnect_base: super::DEFAULT_RECONNECT_BASE,
+                reconnect_max: super::DEFAULT_RECONNECT_MAX,
+                stats_retention: DEFAULT_STATS_RETENTION,
             },
         }
     }
@@ -166,10 +182,36 @@ impl ClientBuilder {
         self.config.hash_header = header;
         self
     }
-    /// Sets the largest share of instances that may be ejected at once
-    /// (`0.0..=1.0`); beyond it, ejections are ignored (panic mode).
+    /// Sets the largest share of the reachable instances that may be
+    /// ejected for statistical causes (open breaker, failing health checks)
+    /// at once (`0.0..=1.0`); beyond it, those ejections are ignored (panic
+    /// mode). Unreachable instances are never picked, whatever the ratio.
+    /// `1.0` turns panic mode off.
     pub fn max_ejection_ratio(mut self, ratio: f64) -> Self {
         self.config.max_ejection_ratio = ratio;
+        self
+    }
+    /// Makes calls wait (within their deadline) for an instance to become
+    /// reachable when none is, instead of failing at once with
+    /// `UNAVAILABLE`. One call can ask for it with the [`WaitForReady`]
+    /// request extension.
+    ///
+    /// [`WaitForReady`]: super::WaitForReady
+    pub fn wait_for_ready(mut self, wait: bool) -> Self {
+        self.config.wait_for_ready = wait;
+        self
+    }
+    /// Sets how often an unreachable instance is probed: first after `base`,
+    /// then ×1.6 each time, at most `max` apart.
+    pub fn reconnect_backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.config.reconnect_base = base;
+        self.config.reconnect_max = max;
+        self
+    }
+    /// Sets how long the counters of an instance that left the registry are
+    /// kept (in [`Client::stats`]) before they are dropped.
+    pub fn stats_retention(mut self, retention: Duration) -> Self {
+        self.config.stats_retention = retention;
         self
     }
 
@@ -193,6 +235,14 @@ impl ClientBuilder {
         if self.config.request_timeout.is_some_and(|t| t.is_zero()) {
             return invalid("request_timeout", "must be positive");
         }
+        if self.config.reconnect_base.is_zero()
+            || self.config.reconnect_max < self.config.reconnect_base
+        {
+            return invalid(
+                "reconnect_backoff",
+                "base must be positive and max not below base",
+            );
+        }
         if let Some(hc) = &self.config.health_check {
             if hc.interval.is_zero() || hc.timeout.is_zero() {
                 return invalid("health_check", "interval and timeout must be positive");
@@ -210,17 +260,24 @@ impl ClientBuilder {
         let f = &self.config.failover;
         let budget = RetryBudget::new(f.budget_ratio, f.budget_min_per_sec, f.budget_ttl);
         let backoff = f.backoff();
+        let reconnect =
+            super::reconnect::backoff(self.config.reconnect_base, self.config.reconnect_max);
         let empty = Snapshot::empty(&*self.config.balancer);
         let service: Arc<str> = Arc::from(self.service);
         let shared = Arc::new(Shared {
             method_metrics: super::handles::MethodTable::new(Arc::clone(&service)),
+            gauges: super::events::EndpointGauges::new(Arc::clone(&service)),
             service,
             registry: self.registry,
             config: self.config,
             snapshot: ArcSwap::from_pointee(empty),
-            ejections: Arc::default(),
+            tally: super::eligibility::Tally::default(),
+            disabled: AtomicUsize::new(0),
+            became_eligible: Notify::new(),
+            events: broadcast::channel(super::events::EVENT_BUFFER).0,
             budget,
             backoff,
+            reconnect,
             counters: ClientCounters::default(),
             instances: Mutex::new(HashMap::new()),
             ready: watch::channel(0).0,

@@ -1,4 +1,21 @@
 //! One call through the client: pick, attempt, classify, retry elsewhere.
+//!
+//! ```text
+//!   pick an eligible endpoint this call has not tried (breaker permit)
+//!     |            none reachable: fail fast UNAVAILABLE naming them
+//!     |                            (or wait for one, with wait-for-ready)
+//!     v
+//!   attempt --ok / not retryable------------------------------> done
+//!     |
+//!     +-- never reached a server (unreachable, refused, GOAWAY) -> again at once,
+//!     |     no budget, no retry count (at most once per endpoint)
+//!     |
+//!     +-- retryable failure --budget spent / deadline / attempts--> done with
+//!           |                                          this attempt's status
+//!           +-- an untried eligible endpoint exists --> again at once
+//!           +-- otherwise ---------------------------> backoff, then again
+//!                                                      (tried endpoints allowed)
+//! ```
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,7 +31,8 @@ use super::body::{BodyEnd, Observed, Replay};
 use super::endpoint::{Endpoint, EndpointCore};
 use super::snapshot::Snapshot;
 use super::Shared;
-use crate::balance::{Feedback, PickContext};
+use crate::balance::{Feedback, PickContext, Picker};
+use crate::breaker::Permit;
 use crate::failover::classify::{self, Outcome};
 use crate::failover::Strategy;
 use crate::metrics::{self as m, ClientCounters};
@@ -24,25 +42,23 @@ use crate::metrics::{self as m, ClientCounters};
 /// failures of the client itself.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A request extension asking the client to wait, within the call's
+/// deadline, for an instance to become reachable when none is, instead of
+/// failing at once with `UNAVAILABLE` (gRPC's wait-for-ready).
+///
+/// ```
+/// let mut request = tonic::Request::new(());
+/// request.extensions_mut().insert(fyerrpc::client::WaitForReady);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WaitForReady;
+
 /// Endpoints this call has tried, by core identity.
 struct Tried(Vec<Arc<EndpointCore>>);
 
 impl Tried {
     fn contains(&self, core: &Arc<EndpointCore>) -> bool {
         self.0.iter().any(|c| Arc::ptr_eq(c, core))
-    }
-}
-
-/// An endpoint of a snapshot, by index.
-#[derive(Clone, Copy)]
-struct At<'a> {
-    snap: &'a Arc<Snapshot>,
-    index: usize,
-}
-
-impl At<'_> {
-    fn endpoint(&self) -> &Endpoint {
-        &self.snap.endpoints[self.index]
     }
 }
 
@@ -54,6 +70,53 @@ struct CallCtx {
     deadline: Option<Instant>,
     started: Instant,
     idempotent: bool,
+    wait_for_ready: bool,
+}
+
+/// The last failed attempt, whose real status ends the call if no other
+/// attempt is made.
+struct LastFailure {
+    outcome: Outcome,
+    response: Option<Response<Body>>,
+    id: String,
+    address: String,
+}
+
+impl LastFailure {
+    fn into_response(self) -> Response<Body> {
+        self.response.unwrap_or_else(|| {
+            let what = match self.outcome {
+                Outcome::Unreachable => "could not connect to",
+                Outcome::NotSent => "request refused by",
+                Outcome::TransportError => "connection failed to",
+                Outcome::TimedOut => "timed out waiting for",
+                Outcome::Status(_) => "error from",
+            };
+            Status::new(
+                self.outcome.code(),
+                format!("{what} instance {} ({})", self.id, self.address),
+            )
+            .into_http()
+        })
+    }
+}
+
+/// A picked endpoint and what its breaker granted (`None`: picked in panic
+/// mode past a breaker that granted nothing).
+struct Picked {
+    endpoint: Endpoint,
+    index: usize,
+    permit: Option<Permit>,
+}
+
+/// Why no endpoint was picked.
+enum NoPick {
+    /// The snapshot is empty.
+    NoneKnown,
+    /// Every known endpoint is unreachable.
+    AllUnreachable,
+    /// Reachable endpoints exist, but none is eligible for this attempt.
+    NoneEligible,
 }
 
 pub(crate) async fn call(
@@ -81,6 +144,8 @@ pub(crate) async fn call(
         .map(|v| crate::balance::hash_key(v.as_bytes()));
     let ctx = CallCtx {
         idempotent: shared.config.failover.is_idempotent(&method),
+        wait_for_ready: shared.config.wait_for_ready
+            || parts.extensions.get::<WaitForReady>().is_some(),
         method,
         hash,
         deadline: timeout.map(|t| started + t),
@@ -94,183 +159,320 @@ pub(crate) async fn call(
     let max_attempts = shared.config.failover.max_attempts();
     let mut tried = Tried(Vec::new());
     let mut prev: Option<Arc<EndpointCore>> = None;
-    let mut attempt = 0u32;
+    let mut last: Option<LastFailure> = None;
+    // Attempts that count against `max_retries` (transparent ones do not).
+    let mut counted = 0u32;
+    let mut transparent = 0usize;
+    // After a backoff, a retry may go back to an endpoint already tried.
+    let mut allow_tried = false;
     loop {
         let snap = shared.snapshot.load_full();
-        let Some((index, ep)) = acquire(&shared, &snap, &ctx, &tried, prev.as_ref(), attempt)
-        else {
-            let status = if snap.endpoints.is_empty() {
-                Status::unavailable(format!("no instance of {} is known", shared.service))
-            } else {
-                Status::unavailable(format!(
-                    "no available instance of {} (all tried or ejected)",
-                    shared.service
-                ))
-            };
-            return Ok(finish_call(&shared, &ctx, status.into_http()));
+        let picked = match acquire(&shared, &snap, &ctx, &tried, prev.as_ref(), allow_tried) {
+            Ok(p) => p,
+            Err(why) => {
+                if matches!(why, NoPick::NoneKnown | NoPick::AllUnreachable)
+                    && ctx.wait_for_ready
+                    && wait_for_eligible(&shared, &ctx).await
+                {
+                    continue;
+                }
+                let resp = match last {
+                    Some(last) => last.into_response(),
+                    None => no_pick_status(&shared, &snap, why).into_http(),
+                };
+                return Ok(finish_call(&shared, &ctx, resp));
+            }
         };
-        if attempt > 0 {
-            note_retry(&shared, &ctx, prev.as_ref(), &ep);
+        let ep = &picked.endpoint;
+        if prev.is_some() {
+            note_retry(&shared, &ctx, prev.as_ref(), ep);
         }
         let remaining = ctx
             .deadline
             .map(|d| d.saturating_duration_since(Instant::now()));
         if remaining.is_some_and(|r| r.is_zero()) {
-            ep.core.breaker.release();
-            let status = Status::deadline_exceeded("deadline exceeded before the call was sent");
-            return Ok(finish_call(&shared, &ctx, status.into_http()));
+            release(&ep.core, picked.permit);
+            let resp = match last {
+                Some(last) => last.into_response(),
+                None => {
+                    Status::deadline_exceeded("deadline exceeded before the call was sent")
+                        .into_http()
+                }
+            };
+            return Ok(finish_call(&shared, &ctx, resp));
         }
         let attempt_timeout = match (shared.config.failover.attempt_timeout, remaining) {
             (Some(a), Some(r)) => Some(a.min(r)),
             (a, r) => a.or(r),
         };
         let Some(body) = replay.next_body() else {
-            ep.core.breaker.release();
-            return Ok(finish_call(
-                &shared,
-                &ctx,
-                Status::internal("request body already sent").into_http(),
-            ));
+            release(&ep.core, picked.permit);
+            let resp = match last {
+                Some(last) => last.into_response(),
+                None => Status::internal("request body already sent").into_http(),
+            };
+            return Ok(finish_call(&shared, &ctx, resp));
         };
         let req = attempt_request(&parts, body, attempt_timeout);
-        let at = At { snap: &snap, index };
-        let (outcome, resp) = send(&shared, &ctx, at, req, attempt_timeout).await;
+        let (outcome, resp) = send(&shared, &ctx, &picked, &snap.picker, req, attempt_timeout).await;
         let Some(outcome) = outcome else {
             // A response whose status comes in trailers: return it, observed.
             let resp = resp.unwrap_or_else(|| Status::internal("missing response").into_http());
             return Ok(resp);
         };
-        attempt += 1;
+        if outcome.is_success() {
+            let resp = resp.unwrap_or_else(|| Status::internal("missing response").into_http());
+            return Ok(finish_call(&shared, &ctx, resp));
+        }
+        let core = Arc::clone(&ep.core);
+        let failure = LastFailure {
+            outcome,
+            response: resp,
+            id: core.id.clone(),
+            address: core.address.clone(),
+        };
+        tried.0.push(Arc::clone(&core));
+        prev = Some(core);
 
-        let retry = !outcome.is_success()
-            && attempt < max_attempts
+        // Transparent retry: the request never reached a server.
+        if outcome.never_processed()
+            && replay.can_replay()
+            && transparent < snap.endpoints.len()
+        {
+            transparent += 1;
+            ClientCounters::incr(&shared.counters.transparent_retries);
+            metrics::counter!(m::CLIENT_TRANSPARENT_RETRIES, "service" => shared.service.to_string())
+                .increment(1);
+            last = Some(failure);
+            allow_tried = false;
+            continue;
+        }
+
+        counted += 1;
+        let retry = counted < max_attempts
             && replay.can_replay()
             && is_retryable(&shared, &ctx, outcome);
         if !retry {
-            let resp = resp.unwrap_or_else(|| status_for(outcome, &ep).into_http());
-            return Ok(finish_call(&shared, &ctx, resp));
+            return Ok(finish_call(&shared, &ctx, failure.into_response()));
         }
         if !shared.budget.withdraw() {
             ClientCounters::incr(&shared.counters.budget_exhausted);
             metrics::counter!(m::CLIENT_BUDGET_EXHAUSTED, "service" => shared.service.to_string())
                 .increment(1);
             tracing::debug!(service = %shared.service, method = %ctx.method, "retry budget spent");
-            let resp = resp.unwrap_or_else(|| status_for(outcome, &ep).into_http());
+            return Ok(finish_call(&shared, &ctx, failure.into_response()));
+        }
+        last = Some(failure);
+        // Immediate failover: an untried eligible endpoint takes the retry
+        // now; going back to a tried one waits for the backoff first.
+        if has_untried_eligible(&shared, &shared.snapshot.load(), &tried) {
+            allow_tried = false;
+            continue;
+        }
+        let delay = shared.backoff.delay(counted);
+        if ctx.deadline.is_some_and(|d| Instant::now() + delay >= d) {
+            let last = last.take().map(LastFailure::into_response);
+            let resp = last.unwrap_or_else(|| Status::deadline_exceeded("deadline").into_http());
             return Ok(finish_call(&shared, &ctx, resp));
         }
-        tried.0.push(Arc::clone(&ep.core));
-        prev = Some(Arc::clone(&ep.core));
-        let delay = shared.backoff.delay(attempt);
-        if ctx.deadline.is_some_and(|d| Instant::now() + delay >= d) {
-            let status = Status::deadline_exceeded(format!(
-                "deadline exceeded before retry {attempt} (last error: {})",
-                status_for(outcome, &ep).message()
-            ));
-            return Ok(finish_call(&shared, &ctx, status.into_http()));
-        }
         tokio::time::sleep(delay).await;
+        allow_tried = true;
     }
 }
 
 fn is_retryable(shared: &Shared, ctx: &CallCtx, outcome: Outcome) -> bool {
     match outcome {
-        Outcome::NotSent => true,
+        Outcome::Unreachable | Outcome::NotSent => true,
         Outcome::Status(code) => shared.config.failover.may_retry_code(&ctx.method, code),
         Outcome::TransportError | Outcome::TimedOut => ctx.idempotent,
     }
 }
 
-fn status_for(outcome: Outcome, ep: &Endpoint) -> Status {
-    let what = match outcome {
-        Outcome::NotSent => "could not reach",
-        Outcome::TransportError => "connection failed to",
-        Outcome::TimedOut => "timed out waiting for",
-        Outcome::Status(_) => "error from",
-    };
-    Status::new(
-        outcome.code(),
-        format!("{what} instance {} ({})", ep.core.id, ep.core.address),
-    )
+fn release(core: &EndpointCore, permit: Option<Permit>) {
+    if let Some(p) = permit {
+        core.breaker.release(p);
+    }
 }
 
-/// Picks an eligible endpoint and claims a breaker slot on it.
+/// The status of a call that found no endpoint to try.
+fn no_pick_status(shared: &Shared, snap: &Snapshot, why: NoPick) -> Status {
+    match why {
+        NoPick::NoneKnown => {
+            Status::unavailable(format!("no instance of {} is known", shared.service))
+        }
+        NoPick::AllUnreachable => {
+            let names: Vec<String> = snap
+                .endpoints
+                .iter()
+                .map(|e| format!("{} ({})", e.core.id, e.core.address))
+                .collect();
+            Status::unavailable(format!(
+                "every instance of {} is unreachable: {}",
+                shared.service,
+                names.join(", ")
+            ))
+        }
+        NoPick::NoneEligible => {
+            let why: Vec<String> = snap
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let causes = e.core.state.causes(&*e.core.breaker);
+                    if causes.is_empty() {
+                        format!("{}: tried", e.core.id)
+                    } else {
+                        format!("{}: {}", e.core.id, causes.join("+"))
+                    }
+                })
+                .collect();
+            Status::unavailable(format!(
+                "no eligible instance of {} ({})",
+                shared.service,
+                why.join(", ")
+            ))
+        }
+    }
+}
+
+/// Waits until an endpoint may have become eligible, within the deadline.
+/// Returns false when the deadline passed first.
+async fn wait_for_eligible(shared: &Shared, ctx: &CallCtx) -> bool {
+    let notified = shared.became_eligible.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    // Re-check after registering: a change may have come in between.
+    let snap = shared.snapshot.load();
+    let n = snap.endpoints.len();
+    if n > 0 && shared.tally.unreachable() < n {
+        return true;
+    }
+    match ctx.deadline {
+        Some(d) => tokio::time::timeout_at(d, notified).await.is_ok(),
+        None => {
+            notified.await;
+            true
+        }
+    }
+}
+
+/// Whether some reachable, eligible endpoint has not been tried by this call.
+fn has_untried_eligible(shared: &Shared, snap: &Snapshot, tried: &Tried) -> bool {
+    let panic = shared
+        .tally
+        .panic(snap.endpoints.len(), shared.config.max_ejection_ratio);
+    snap.endpoints
+        .iter()
+        .any(|e| !tried.contains(&e.core) && e.core.state.admits(panic, &*e.core.breaker))
+}
+
+/// Picks an eligible endpoint and claims a breaker permit on it.
 fn acquire(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     snap: &Snapshot,
     ctx: &CallCtx,
     tried: &Tried,
     prev: Option<&Arc<EndpointCore>>,
-    attempt: u32,
-) -> Option<(usize, Endpoint)> {
+    allow_tried: bool,
+) -> Result<Picked, NoPick> {
     let n = snap.endpoints.len();
     if n == 0 {
-        return None;
+        return Err(NoPick::NoneKnown);
     }
-    let ejected = shared.ejections.total();
-    let panic = ejected as f64 > shared.config.max_ejection_ratio * n as f64;
-    if panic {
-        metrics::counter!(m::CLIENT_PANIC_PICKS, "service" => shared.service.to_string())
-            .increment(1);
+    if shared.tally.unreachable() >= n
+        && snap.endpoints.iter().all(|e| !e.core.is_reachable())
+    {
+        return Err(NoPick::AllUnreachable);
     }
-    // First only endpoints this call has not tried; when every endpoint has
-    // been tried, a retry may go back to one (a single-instance service).
-    let passes: &[bool] = if attempt == 0 {
-        &[false]
+    let ratio = shared.config.max_ejection_ratio;
+    let panic = shared.tally.panic(n, ratio);
+    if let Some(p) = pick_pass(shared, snap, ctx, tried, prev, allow_tried, panic) {
+        return Ok(p);
+    }
+    // Nothing eligible without panic (say the remaining instances are all
+    // half-open with their probes out): rather than fail, ignore the
+    // statistical causes for this pick, as panic mode does, unless panic
+    // mode is turned off.
+    if !panic && ratio < 1.0 {
+        if let Some(p) = pick_pass(shared, snap, ctx, tried, prev, allow_tried, true) {
+            return Ok(p);
+        }
+    }
+    if snap.endpoints.iter().all(|e| !e.core.is_reachable()) {
+        Err(NoPick::AllUnreachable)
     } else {
+        Err(NoPick::NoneEligible)
+    }
+}
+
+/// One pick over the snapshot, untried endpoints first.
+fn pick_pass(
+    shared: &Arc<Shared>,
+    snap: &Snapshot,
+    ctx: &CallCtx,
+    tried: &Tried,
+    prev: Option<&Arc<EndpointCore>>,
+    allow_tried: bool,
+    panic: bool,
+) -> Option<Picked> {
+    let passes: &[bool] = if allow_tried {
         &[false, true]
+    } else {
+        &[false]
     };
-    for &allow_tried in passes {
+    let first = tried.0.is_empty();
+    for &again in passes {
         let eligible = |i: usize| {
             let core = &snap.endpoints[i].core;
-            (allow_tried || !tried.contains(core)) && (panic || core.is_available())
+            (again || !tried.contains(core)) && core.state.admits(panic, &*core.breaker)
         };
-        if let Some(found) = pick_available(shared, snap, ctx, prev, attempt, panic, &eligible) {
+        if let Some(found) = pick_available(shared, snap, ctx, prev, first, panic, &eligible) {
+            if panic {
+                ClientCounters::incr(&shared.counters.panic_picks);
+                metrics::counter!(m::CLIENT_PANIC_PICKS, "service" => shared.service.to_string())
+                    .increment(1);
+            }
             return Some(found);
         }
     }
-    // Nothing eligible: rather than fail, try the endpoint that failed least
-    // recently, breaker or not, preferring one this call has not tried.
-    snap.endpoints
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| e.core.is_healthy())
-        .min_by_key(|(_, e)| (tried.contains(&e.core), e.core.last_failure()))
-        .map(|(i, e)| (i, e.clone()))
+    None
 }
 
-/// Picks among eligible endpoints and claims a breaker slot on the pick.
+/// Picks among eligible endpoints and claims a breaker permit on the pick.
 fn pick_available(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     snap: &Snapshot,
     ctx: &CallCtx,
     prev: Option<&Arc<EndpointCore>>,
-    attempt: u32,
+    first: bool,
     panic: bool,
     eligible: &(dyn Fn(usize) -> bool + Sync),
-) -> Option<(usize, Endpoint)> {
+) -> Option<Picked> {
     for _ in 0..snap.endpoints.len() {
-        let pick = if attempt == 0 {
+        let pick = if first {
             let pctx = PickContext {
                 method: &ctx.method,
                 hash: ctx.hash,
-                attempt,
+                attempt: 0,
                 eligible,
             };
             snap.picker.pick(&pctx)
         } else {
             pick_retry(shared.config.failover.strategy, snap, prev, eligible)
         };
-        let i = pick?;
-        let ep = &snap.endpoints[i];
-        if panic {
-            return Some((i, ep.clone()));
-        }
-        let (granted, transition) = ep.core.breaker.try_acquire();
+        let index = pick?;
+        let endpoint = &snap.endpoints[index];
+        let (permit, transition) = endpoint.core.breaker.try_acquire();
         if let Some(t) = transition {
-            shared.on_transition(&ep.core, t);
+            shared.on_transition(&endpoint.core, t);
         }
-        if granted {
-            return Some((i, ep.clone()));
+        if permit.is_some() || panic {
+            // In panic mode a breaker that grants nothing is passed by; the
+            // call then holds no permit and reports nothing to it.
+            return Some(Picked {
+                endpoint: endpoint.clone(),
+                index,
+                permit,
+            });
         }
         // Lost a race for the last half-open slot: pick again.
     }
@@ -333,15 +535,16 @@ fn attempt_request(
 async fn send(
     shared: &Arc<Shared>,
     ctx: &CallCtx,
-    at: At<'_>,
+    picked: &Picked,
+    picker: &Arc<dyn Picker>,
     req: Request<Body>,
     timeout: Option<Duration>,
 ) -> (Option<Outcome>, Option<Response<Body>>) {
-    let core = &at.endpoint().core;
+    let core = &picked.endpoint.core;
     core.load.start();
-    metrics_attempt_start(core);
+    core.counters.attempts.fetch_add(1, Ordering::Relaxed);
     let t0 = Instant::now();
-    let guard = Cancelled(Some(core));
+    let guard = Cancelled(Some((core, picked.permit)));
     let call = core.channel.clone().oneshot(req);
     let result = match timeout {
         Some(t) => tokio::time::timeout(t, call).await,
@@ -353,16 +556,19 @@ async fn send(
         Ok(Err(e)) => (classify::classify_error(&e), None),
         Ok(Ok(resp)) => match classify::grpc_status(resp.headers()) {
             Some(code) => (Outcome::Status(code), Some(resp)),
-            None => return (None, Some(observe(shared, ctx, at, resp, t0))),
+            None => {
+                shared.mark_reachable(core);
+                return (None, Some(observe(shared, ctx, picked, picker, resp, t0)));
+            }
         },
     };
-    record_attempt(shared, at, outcome, t0.elapsed());
+    record_attempt(shared, core, picked, picker, outcome, t0.elapsed());
     (Some(outcome), resp)
 }
 
 /// Undoes an attempt's start when the caller drops the call mid-attempt:
-/// the load goes back down and a half-open probe slot is given back.
-struct Cancelled<'a>(Option<&'a EndpointCore>);
+/// the load goes back down and a probe permit is given back.
+struct Cancelled<'a>(Option<(&'a EndpointCore, Option<Permit>)>);
 
 impl Cancelled<'_> {
     fn disarm(mut self) {
@@ -372,29 +578,28 @@ impl Cancelled<'_> {
 
 impl Drop for Cancelled<'_> {
     fn drop(&mut self) {
-        if let Some(core) = self.0.take() {
+        if let Some((core, permit)) = self.0.take() {
             core.load.cancel();
-            core.breaker.release();
+            release(core, permit);
         }
     }
 }
 
-fn metrics_attempt_start(core: &EndpointCore) {
-    core.counters.attempts.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Wraps a streaming response so that its end records the attempt and the call.
+/// Wraps a streaming response so that its end records the attempt and the
+/// call. It keeps only its own endpoint (and the picker for feedback) alive,
+/// not the snapshot.
 fn observe(
     shared: &Arc<Shared>,
     ctx: &CallCtx,
-    at: At<'_>,
+    picked: &Picked,
+    picker: &Arc<dyn Picker>,
     resp: Response<Body>,
     t0: Instant,
 ) -> Response<Body> {
     let shared = Arc::clone(shared);
-    let snap = Arc::clone(at.snap);
-    let index = at.index;
-    let core = Arc::clone(&at.endpoint().core);
+    let picker = Arc::clone(picker);
+    let core = Arc::clone(&picked.endpoint.core);
+    let (index, permit) = (picked.index, picked.permit);
     let method = ctx.method.clone();
     let started = ctx.started;
     resp.map(move |body| {
@@ -406,7 +611,7 @@ fn observe(
                 BodyEnd::Dropped => {
                     // The caller went away: neither success nor failure.
                     core.load.cancel();
-                    core.breaker.release();
+                    release(&core, permit);
                     record_call(&shared, &method, started, Code::Cancelled);
                     return;
                 }
@@ -416,28 +621,78 @@ fn observe(
             } else {
                 Outcome::Status(code)
             };
-            record_attempt(&shared, At { snap: &snap, index }, outcome, latency);
+            let picked = Attempted {
+                core: &core,
+                index,
+                permit,
+            };
+            record_outcome(&shared, picked, &picker, outcome, latency);
             record_call(&shared, &method, started, outcome.code());
         }))
     })
 }
 
-/// Feeds one attempt's outcome to the breaker, the load, counters and metrics.
-fn record_attempt(shared: &Shared, at: At<'_>, outcome: Outcome, latency: Duration) {
-    let core = &at.endpoint().core;
+/// What [`record_outcome`] needs of an attempt.
+struct Attempted<'a> {
+    core: &'a Arc<EndpointCore>,
+    index: usize,
+    permit: Option<Permit>,
+}
+
+fn record_attempt(
+    shared: &Arc<Shared>,
+    core: &Arc<EndpointCore>,
+    picked: &Picked,
+    picker: &Arc<dyn Picker>,
+    outcome: Outcome,
+    latency: Duration,
+) {
+    let attempted = Attempted {
+        core,
+        index: picked.index,
+        permit: picked.permit,
+    };
+    record_outcome(shared, attempted, picker, outcome, latency);
+}
+
+/// Feeds one attempt's outcome to eligibility, the breaker, the load,
+/// counters and metrics.
+fn record_outcome(
+    shared: &Arc<Shared>,
+    at: Attempted<'_>,
+    picker: &Arc<dyn Picker>,
+    outcome: Outcome,
+    latency: Duration,
+) {
+    let core = at.core;
     let failure = shared.config.classifier.is_failure(outcome);
     core.load.end(latency);
-    if let Some(t) = core.breaker.record(!failure) {
-        shared.on_transition(core, t);
+    match outcome {
+        // No connection: the instance is unreachable, which is its own
+        // cause; the breaker neither gains nor loses evidence.
+        Outcome::Unreachable => {
+            release(core, at.permit);
+            shared.mark_unreachable(core);
+        }
+        // Reached, but the request was not processed (draining server):
+        // no evidence about the instance's health either.
+        Outcome::NotSent => release(core, at.permit),
+        _ => {
+            shared.mark_reachable(core);
+            if let Some(permit) = at.permit {
+                if let Some(t) = core.breaker.record(permit, !failure) {
+                    shared.on_transition(core, t);
+                }
+            }
+        }
     }
     let counter = if failure {
-        core.mark_failure();
         &core.counters.failures
     } else {
         &core.counters.successes
     };
     counter.fetch_add(1, Ordering::Relaxed);
-    at.snap.picker.feedback(
+    picker.feedback(
         at.index,
         &Feedback {
             latency,

@@ -11,8 +11,8 @@ use tonic::Code;
 use crate::failover::classify::{code_name, Outcome};
 use crate::metrics as m;
 
-/// Distinct outcome labels: the 17 gRPC codes and three transport outcomes.
-const OUTCOMES: usize = 20;
+/// Distinct outcome labels: the 17 gRPC codes and four transport outcomes.
+const OUTCOMES: usize = 21;
 
 fn outcome_index(outcome: Outcome) -> usize {
     match outcome {
@@ -20,6 +20,7 @@ fn outcome_index(outcome: Outcome) -> usize {
         Outcome::NotSent => 17,
         Outcome::TransportError => 18,
         Outcome::TimedOut => 19,
+        Outcome::Unreachable => 20,
     }
 }
 

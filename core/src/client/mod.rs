@@ -31,44 +31,79 @@
 //!
 //! The path of one call: the request body is buffered when small (so it can
 //! be sent again); for each attempt the current snapshot of endpoints is
-//! loaded without locking, the balancer picks among endpoints that are
-//! neither tried by this call nor ejected (open breaker, failed health
-//! check), the endpoint's breaker grants a slot, and the request goes out on
-//! that instance's own lazily connected channel with the remaining deadline.
-//! The outcome feeds the breaker, the balancer's load figures and the
-//! metrics; failures that are safe to retry are retried on another instance
-//! after a jittered backoff, within the retry budget and the deadline.
+//! loaded without locking, the balancer picks among endpoints that this call
+//! has not tried and that are eligible (see below), the endpoint's breaker
+//! grants a permit, and the request goes out on that instance's own lazily
+//! connected channel with the remaining deadline. The outcome feeds the
+//! breaker, the balancer's load figures and the metrics.
+//!
+//! Then, when the attempt failed:
+//! * an attempt that never reached a server's application (no connection,
+//!   refused stream, above a `GOAWAY`'s last stream) is sent again at once
+//!   to another instance, for every method, outside the retry budget and the
+//!   retry count (gRPC's transparent retries), at most once per instance;
+//! * a failure that is safe to retry is retried within the retry budget and
+//!   the deadline: at once on an untried eligible instance when there is
+//!   one (immediate failover), after the jittered backoff otherwise;
+//! * when retries stop, the call ends with the last attempt's real status.
+//!
+//! Eligibility has one owner per endpoint, with its causes as fields:
+//! unreachable (hard evidence: never picked), breaker open, failing health
+//! checks (statistical: ignored in panic mode, when more than
+//! `max_ejection_ratio` of the reachable instances are ejected), disabled by
+//! the registry. [`Stats::instances`] says for each instance why it is not
+//! eligible, and `fyerrpc_client_endpoints{state}` counts them. When every
+//! known instance is unreachable, calls fail at once with `UNAVAILABLE`
+//! naming them, unless they asked to [wait for ready](WaitForReady).
 
 mod body;
 mod builder;
 mod call;
+mod eligibility;
 mod endpoint;
+mod events;
 mod handles;
+mod reconnect;
 mod snapshot;
 
-pub use builder::{ClientBuilder, ClientError, DEFAULT_HASH_HEADER};
-pub use call::BoxError;
+pub use builder::{ClientBuilder, ClientError, DEFAULT_HASH_HEADER, DEFAULT_STATS_RETENTION};
+pub use call::{BoxError, WaitForReady};
+pub use events::BreakerEvent;
+pub use reconnect::{DEFAULT_RECONNECT_BASE, DEFAULT_RECONNECT_MAX};
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::{Request, Response};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch, Notify};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tonic::body::Body;
 
-use crate::breaker::Transition;
 use crate::failover::{Backoff, RetryBudget};
-use crate::metrics::{self as m, ClientCounters, InstanceCounters, InstanceStats, Stats};
+use crate::metrics::{ClientCounters, InstanceCounters, InstanceStats, Stats};
 use crate::registry::Registry;
 use builder::Config;
-use endpoint::{Ejections, EndpointCore};
+use eligibility::Tally;
+use endpoint::EndpointCore;
+use events::EndpointGauges;
 use snapshot::Snapshot;
+
+/// The per-instance counters of one instance id, kept while it is known and
+/// for a grace period after it left.
+#[derive(Debug)]
+struct InstanceEntry {
+    address: String,
+    counters: Arc<InstanceCounters>,
+    /// When the instance left the snapshot (`None` while it is in it).
+    gone_since: Option<Instant>,
+}
 
 /// State shared by all clones of a client.
 pub(crate) struct Shared {
@@ -76,11 +111,20 @@ pub(crate) struct Shared {
     registry: Arc<dyn Registry>,
     config: Config,
     snapshot: ArcSwap<Snapshot>,
-    ejections: Arc<Ejections>,
+    /// Eligibility counts over the snapshot's endpoints.
+    tally: Tally,
+    /// Instances the registry lists as disabled.
+    disabled: AtomicUsize,
+    /// Woken when an endpoint may have become eligible, or the instance set
+    /// changed (wait-for-ready calls wait on it).
+    became_eligible: Notify,
+    events: broadcast::Sender<BreakerEvent>,
+    gauges: EndpointGauges,
     budget: RetryBudget,
     backoff: Backoff,
+    reconnect: Backoff,
     counters: ClientCounters,
-    instances: Mutex<HashMap<String, (String, Arc<InstanceCounters>)>>,
+    instances: Mutex<HashMap<String, InstanceEntry>>,
     ready: watch::Sender<usize>,
     method_metrics: handles::MethodTable,
 }
@@ -90,34 +134,30 @@ impl Shared {
         let mut map = self.instances.lock().unwrap_or_else(|e| e.into_inner());
         let entry = map
             .entry(id.to_owned())
-            .or_insert_with(|| (address.to_owned(), Arc::default()));
-        entry.0 = address.to_owned();
-        Arc::clone(&entry.1)
+            .or_insert_with(|| InstanceEntry {
+                address: address.to_owned(),
+                counters: Arc::default(),
+                gone_since: None,
+            });
+        address.clone_into(&mut entry.address);
+        entry.gone_since = None;
+        Arc::clone(&entry.counters)
     }
 
-    fn on_transition(&self, core: &EndpointCore, t: Transition) {
-        core.count_transition(t);
-        if t.to == crate::breaker::BreakerState::Open {
-            ClientCounters::incr(&self.counters.breaker_trips);
-            tracing::warn!(service = %self.service, instance = %core.id, from = %t.from,
-                "circuit breaker opened: instance ejected");
-        } else {
-            tracing::info!(service = %self.service, instance = %core.id, from = %t.from,
-                to = %t.to, "circuit breaker state changed");
-        }
-        metrics::counter!(m::CLIENT_BREAKER_TRANSITIONS, "service" => self.service.to_string(),
-            "instance" => core.id.clone(), "to" => t.to.as_str())
-        .increment(1);
-        metrics::gauge!(m::CLIENT_BREAKER_STATE, "service" => self.service.to_string(),
-            "instance" => core.id.clone())
-        .set(t.to.gauge());
-        metrics::gauge!(m::CLIENT_ENDPOINTS, "service" => self.service.to_string(),
-            "state" => "ejected")
-        .set(
-            self.ejections
-                .open
-                .load(std::sync::atomic::Ordering::Relaxed) as f64,
-        );
+    /// Marks instances that left the snapshot, and forgets the counters of
+    /// those gone for longer than the retention period.
+    fn sweep_instances(&self, present: &dyn Fn(&str) -> bool) {
+        let now = Instant::now();
+        let retention = self.config.stats_retention;
+        let mut map = self.instances.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|id, entry| {
+            if present(id) {
+                entry.gone_since = None;
+                return true;
+            }
+            let since = *entry.gone_since.get_or_insert(now);
+            now.saturating_duration_since(since) < retention
+        });
     }
 }
 
@@ -203,13 +243,14 @@ impl Client {
             .unwrap_or_else(|e| e.into_inner());
         let mut instances: Vec<InstanceStats> = map
             .iter()
-            .map(|(id, (address, c))| {
+            .map(|(id, entry)| {
+                let c = &entry.counters;
                 let get =
                     |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
                 let core = live.get(id.as_str());
                 InstanceStats {
                     id: id.clone(),
-                    address: address.clone(),
+                    address: entry.address.clone(),
                     attempts: get(&c.attempts),
                     successes: get(&c.successes),
                     failures: get(&c.failures),
@@ -217,11 +258,34 @@ impl Client {
                         c.breaker.state().as_str().to_owned()
                     }),
                     healthy: core.is_some_and(|c| c.is_healthy()),
+                    reachable: core.is_some_and(|c| c.is_reachable()),
+                    ejected_for: core.map_or_else(Vec::new, |c| {
+                        c.state
+                            .causes(&*c.breaker)
+                            .into_iter()
+                            .map(str::to_owned)
+                            .collect()
+                    }),
                 }
             })
             .collect();
         instances.sort_by(|a, b| a.id.cmp(&b.id));
         self.shared.counters.snapshot(instances)
+    }
+
+    /// Subscribes to circuit breaker state changes of this client's
+    /// instances, from now on (the last 256 are kept for a slow receiver).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: fyerrpc::Client) {
+    /// let mut events = client.breaker_events();
+    /// while let Ok(e) = events.recv().await {
+    ///     println!("{} {} -> {}", e.instance, e.from, e.to);
+    /// }
+    /// # }
+    /// ```
+    pub fn breaker_events(&self) -> broadcast::Receiver<BreakerEvent> {
+        self.shared.events.subscribe()
     }
 }
 

@@ -2,7 +2,6 @@
 //! watch events, swapped in atomically.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -12,7 +11,7 @@ use tonic::transport::Endpoint as TonicEndpoint;
 use super::endpoint::{Endpoint, EndpointCore};
 use super::Shared;
 use crate::balance::{Candidate, Picker};
-use crate::health;
+use crate::health::{self, CheckResult};
 use crate::instance::Instance;
 use crate::metrics as m;
 
@@ -33,8 +32,12 @@ impl Snapshot {
 }
 
 /// Builds the next snapshot from a new instance set, keeping the core
-/// (channel, breaker, load) of every instance that stays.
-pub(crate) fn next_snapshot(shared: &Arc<Shared>, set: Vec<Instance>) -> Snapshot {
+/// (channel, breaker, load, eligibility) of every instance that stays.
+/// Returns the snapshot and the cores of instances that left it.
+pub(crate) fn next_snapshot(
+    shared: &Arc<Shared>,
+    set: Vec<Instance>,
+) -> (Snapshot, Vec<Arc<EndpointCore>>) {
     let current = shared.snapshot.load();
     let mut old: HashMap<&str, &Arc<EndpointCore>> = current
         .endpoints
@@ -43,7 +46,11 @@ pub(crate) fn next_snapshot(shared: &Arc<Shared>, set: Vec<Instance>) -> Snapsho
         .collect();
     // Disabled instances take no new traffic (in-flight calls keep their
     // endpoint until they end); the selector narrows the rest.
+    let total = set.len();
     let mut set: Vec<Instance> = set.into_iter().filter(Instance::is_enabled).collect();
+    shared
+        .disabled
+        .store(total - set.len(), std::sync::atomic::Ordering::Relaxed);
     if let Some(selector) = &shared.config.selector {
         set = crate::discovery::apply(&**selector, &set);
     }
@@ -67,7 +74,8 @@ pub(crate) fn next_snapshot(shared: &Arc<Shared>, set: Vec<Instance>) -> Snapsho
     }
     let candidates: Vec<Candidate> = endpoints.iter().map(Endpoint::candidate).collect();
     let picker = shared.config.balancer.build(&candidates);
-    Snapshot { endpoints, picker }
+    let removed = old.into_values().map(Arc::clone).collect();
+    (Snapshot { endpoints, picker }, removed)
 }
 
 fn new_core(shared: &Arc<Shared>, inst: &Instance) -> Option<Arc<EndpointCore>> {
@@ -89,14 +97,13 @@ fn new_core(shared: &Arc<Shared>, inst: &Instance) -> Option<Arc<EndpointCore>> 
         channel,
         shared.config.breaker.build(),
         counters,
-        Arc::clone(&shared.ejections),
         Arc::clone(&shared.service),
     ));
     if let Some(hc) = &shared.config.health_check {
         let task = tokio::spawn(health_task(
+            Arc::downgrade(shared),
             Arc::downgrade(&core),
             hc.clone(),
-            Arc::clone(&shared.service),
         ));
         let _ = core.health_task.set(task.abort_handle());
     }
@@ -104,28 +111,49 @@ fn new_core(shared: &Arc<Shared>, inst: &Instance) -> Option<Arc<EndpointCore>> 
 }
 
 async fn health_task(
+    shared: Weak<Shared>,
     core: Weak<EndpointCore>,
     config: health::HealthCheckConfig,
-    service: Arc<str>,
 ) {
-    let Some((channel, healthy, id)) = core
-        .upgrade()
-        .map(|c| (c.channel.clone(), Arc::clone(&c.healthy), c.id.clone()))
-    else {
+    let Some((channel, service, id)) = core.upgrade().zip(shared.upgrade()).map(|(c, s)| {
+        (c.channel.clone(), Arc::clone(&s.service), c.id.clone())
+    }) else {
         return;
     };
-    health::run_checker(channel, config, healthy, |result, changed| {
+    let checked = config.service.clone();
+    let mut warned_unknown = false;
+    health::run_checker(channel, config, |result, changed| {
         metrics::counter!(m::CLIENT_HEALTH_CHECKS, "service" => service.to_string(),
             "instance" => id.clone(), "result" => result.as_str())
         .increment(1);
-        if let Some(now_healthy) = changed {
-            if let Some(core) = core.upgrade() {
-                core.count_health(now_healthy);
+        let (Some(s), Some(c)) = (shared.upgrade(), core.upgrade()) else {
+            return;
+        };
+        if result.reached_server() {
+            s.mark_reachable(&c);
+        } else if result == CheckResult::Unreachable {
+            s.mark_unreachable(&c);
+        }
+        match result {
+            CheckResult::Unimplemented => {
+                tracing::info!(service = %service, instance = %id,
+                    "instance has no grpc.health.v1 service: not health-checked, stays eligible");
             }
+            CheckResult::UnknownService if !warned_unknown => {
+                warned_unknown = true;
+                tracing::error!(service = %service, instance = %id, checked = %checked,
+                    "health check configuration error: the instance does not know the checked \
+                     service name (NOT_FOUND); it counts as not serving");
+            }
+            _ => {}
+        }
+        if let Some(now_healthy) = changed {
+            s.set_health(&c, now_healthy);
             if now_healthy {
                 tracing::info!(service = %service, instance = %id, "instance passes health checks again");
             } else {
-                tracing::warn!(service = %service, instance = %id, ?result, "instance ejected: failing health checks");
+                tracing::warn!(service = %service, instance = %id, result = result.as_str(),
+                    "instance ejected: failing health checks");
             }
         }
     })
@@ -171,18 +199,21 @@ pub(crate) async fn run_discovery(shared: Weak<Shared>) {
 }
 
 fn apply(shared: &Arc<Shared>, set: Vec<Instance>) {
-    let next = next_snapshot(shared, set);
+    let (next, removed) = next_snapshot(shared, set);
     let n = next.endpoints.len();
-    tracing::debug!(service = %shared.service, endpoints = n, "instance set changed");
+    tracing::debug!(service = %shared.service, endpoints = n, removed = removed.len(),
+        "instance set changed");
+    let present: std::collections::HashSet<&str> =
+        next.endpoints.iter().map(|e| e.core.id.as_str()).collect();
+    shared.sweep_instances(&|id| present.contains(id));
+    drop(present);
     shared.snapshot.store(Arc::new(next));
+    // Endpoints that left count nowhere any more, even while a call that
+    // is still running keeps them alive.
+    for core in &removed {
+        core.state.retire(&shared.tally);
+    }
     shared.ready.send_replace(n);
-    let ejected_open = shared.ejections.open.load(Ordering::Relaxed);
-    let unhealthy = shared.ejections.unhealthy.load(Ordering::Relaxed);
-    let svc = shared.service.to_string();
-    metrics::gauge!(m::CLIENT_ENDPOINTS, "service" => svc.clone(), "state" => "known")
-        .set(n as f64);
-    metrics::gauge!(m::CLIENT_ENDPOINTS, "service" => svc.clone(), "state" => "ejected")
-        .set(ejected_open as f64);
-    metrics::gauge!(m::CLIENT_ENDPOINTS, "service" => svc, "state" => "unhealthy")
-        .set(unhealthy as f64);
+    shared.publish_endpoint_gauges();
+    shared.became_eligible.notify_waiters();
 }

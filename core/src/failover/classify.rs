@@ -12,8 +12,14 @@ use tonic::Code;
 pub enum Outcome {
     /// The server answered with this gRPC status (`Ok` included).
     Status(Code),
-    /// The request never reached the server (connection refused, stream
-    /// refused): always safe to send elsewhere.
+    /// No connection to the instance could be made (refused, reset while
+    /// connecting, connect time-out, TLS handshake failure): the request was
+    /// not sent, and the instance is unreachable until a reconnect succeeds.
+    Unreachable,
+    /// The instance was reached but did not process the request: the stream
+    /// was refused (`REFUSED_STREAM`), it was above the last stream id of a
+    /// `GOAWAY` (RFC 9113 section 6.8), or it was queued on a connection that
+    /// closed before sending it. Always safe to send elsewhere.
     NotSent,
     /// The transport failed after the request may have been sent.
     TransportError,
@@ -26,9 +32,15 @@ impl Outcome {
     pub fn code(self) -> Code {
         match self {
             Self::Status(c) => c,
-            Self::NotSent | Self::TransportError => Code::Unavailable,
+            Self::Unreachable | Self::NotSent | Self::TransportError => Code::Unavailable,
             Self::TimedOut => Code::DeadlineExceeded,
         }
+    }
+
+    /// Whether the request certainly never reached a server's application
+    /// code: such attempts are retried transparently (gRPC A6).
+    pub fn never_processed(self) -> bool {
+        matches!(self, Self::Unreachable | Self::NotSent)
     }
 
     /// Whether the call succeeded.
@@ -40,6 +52,7 @@ impl Outcome {
     pub fn label(self) -> &'static str {
         match self {
             Self::Status(c) => code_name(c),
+            Self::Unreachable => "unreachable",
             Self::NotSent => "not_sent",
             Self::TransportError => "transport_error",
             Self::TimedOut => "timed_out",
@@ -85,7 +98,10 @@ impl FailureClassifier {
     pub fn is_failure(&self, outcome: Outcome) -> bool {
         match outcome {
             Outcome::Status(c) => self.failure_codes.contains(&c),
-            Outcome::NotSent | Outcome::TransportError | Outcome::TimedOut => true,
+            Outcome::Unreachable
+            | Outcome::NotSent
+            | Outcome::TransportError
+            | Outcome::TimedOut => true,
         }
     }
 }
@@ -107,16 +123,28 @@ pub fn classify_error(err: &(dyn StdError + 'static)) -> Outcome {
     let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = cur {
         if e.is::<tonic::ConnectError>() {
-            return Outcome::NotSent;
+            return Outcome::Unreachable;
         }
         if let Some(h2) = e.downcast_ref::<h2::Error>() {
             if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
                 return Outcome::NotSent;
             }
+            // Streams above a GOAWAY's last-stream-id fail with the GOAWAY
+            // itself; a graceful one (NO_ERROR) reaches no other stream.
+            if h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR) {
+                return Outcome::NotSent;
+            }
+        }
+        if let Some(hyper) = e.downcast_ref::<hyper::Error>() {
+            // Queued on a connection that closed, or was not ready, before
+            // the request was written.
+            if hyper.is_canceled() {
+                return Outcome::NotSent;
+            }
         }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                return Outcome::NotSent;
+                return Outcome::Unreachable;
             }
         }
         if e.is::<tonic::TimeoutExpired>() {
@@ -232,7 +260,8 @@ mod tests {
     fn connect_errors_are_not_sent() {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         let e = tonic::ConnectError(Box::new(io));
-        assert_eq!(classify_error(&e), Outcome::NotSent);
+        assert_eq!(classify_error(&e), Outcome::Unreachable);
+        assert!(Outcome::Unreachable.never_processed());
         let other = std::io::Error::other("boom");
         assert_eq!(classify_error(&other), Outcome::TransportError);
         assert!(FailureClassifier::default().is_failure(Outcome::NotSent));

@@ -5,6 +5,15 @@
 //! its own channel; an instance that fails `unhealthy_threshold` checks in a
 //! row is ejected from balancing until it passes `healthy_threshold` checks.
 //!
+//! As gRPC's client-side health checking specifies (proposal A17), a server
+//! that does not implement the health service (`UNIMPLEMENTED`) is not
+//! checked any further and stays eligible: that is logged once. A
+//! `NOT_FOUND` answer means the configured service name is not known to the
+//! server, a configuration error: it is logged as such (once per instance)
+//! and counts as not serving. A check that cannot connect is no health
+//! verdict: it marks the instance unreachable instead, and any answer at all
+//! marks it reachable again.
+//!
 //! ```
 //! use std::time::Duration;
 //! use fyerrpc::health::HealthCheckConfig;
@@ -15,8 +24,6 @@
 //! assert_eq!(config.timeout, Duration::from_secs(1));
 //! ```
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::transport::Channel;
@@ -87,7 +94,17 @@ pub enum CheckResult {
     Serving,
     /// The server answered, but not `SERVING`.
     NotServing,
-    /// The check failed (transport error, time-out, unimplemented).
+    /// The server does not know the checked service name (`NOT_FOUND`): a
+    /// configuration error. Counts as not serving.
+    UnknownService,
+    /// The server has no health service (`UNIMPLEMENTED`): checking stops
+    /// and the instance stays eligible.
+    Unimplemented,
+    /// No connection could be made: no verdict on health, but the instance
+    /// is unreachable.
+    Unreachable,
+    /// The check failed otherwise (time-out, transport error, another
+    /// status). Counts as not serving.
     Failed,
 }
 
@@ -97,8 +114,19 @@ impl CheckResult {
         match self {
             Self::Serving => "serving",
             Self::NotServing => "not_serving",
+            Self::UnknownService => "unknown_service",
+            Self::Unimplemented => "unimplemented",
+            Self::Unreachable => "unreachable",
             Self::Failed => "failed",
         }
+    }
+
+    /// Whether the server answered at all (so it is reachable).
+    pub fn reached_server(self) -> bool {
+        matches!(
+            self,
+            Self::Serving | Self::NotServing | Self::UnknownService | Self::Unimplemented
+        )
     }
 }
 
@@ -114,20 +142,41 @@ pub async fn check(channel: Channel, service: &str, timeout: Duration) -> CheckR
             CheckResult::Serving
         }
         Ok(Ok(_)) => CheckResult::NotServing,
-        Ok(Err(_)) | Err(_) => CheckResult::Failed,
+        Ok(Err(status)) => classify_status(&status),
+        Err(_) => CheckResult::Failed,
     }
 }
 
-/// Checks one instance forever (until the task is aborted), keeping `healthy`
-/// up to date; `on_result` sees every result and whether it changed the flag.
-pub async fn run_checker<F>(
-    channel: Channel,
-    config: HealthCheckConfig,
-    healthy: Arc<AtomicBool>,
-    mut on_result: F,
-) where
+/// What a failed check's status says about the server.
+fn classify_status(status: &tonic::Status) -> CheckResult {
+    use crate::failover::classify::{classify_error, Outcome};
+    match classify_error(status) {
+        Outcome::Unreachable => return CheckResult::Unreachable,
+        Outcome::TransportError | Outcome::NotSent | Outcome::TimedOut => {
+            // A transport failure carries its cause as the status' source.
+            if std::error::Error::source(status).is_some() {
+                return CheckResult::Failed;
+            }
+        }
+        Outcome::Status(_) => {}
+    }
+    match status.code() {
+        tonic::Code::Unimplemented => CheckResult::Unimplemented,
+        tonic::Code::NotFound => CheckResult::UnknownService,
+        _ => CheckResult::Failed,
+    }
+}
+
+/// Checks one instance until the task is aborted, or until the server turns
+/// out to have no health service. `on_result` sees every result and, when
+/// the result changed the health verdict, the new verdict (`true`: healthy).
+/// The verdict starts healthy; [`CheckResult::Unreachable`] results do not
+/// move it (reachability is reported apart).
+pub async fn run_checker<F>(channel: Channel, config: HealthCheckConfig, mut on_result: F)
+where
     F: FnMut(CheckResult, Option<bool>) + Send,
 {
+    let mut healthy = true;
     let mut fails = 0u32;
     let mut passes = 0u32;
     let mut tick = tokio::time::interval(config.interval);
@@ -135,21 +184,31 @@ pub async fn run_checker<F>(
     loop {
         tick.tick().await;
         let result = check(channel.clone(), &config.service, config.timeout).await;
-        let was = healthy.load(Ordering::Relaxed);
         let mut changed = None;
-        if result == CheckResult::Serving {
-            fails = 0;
-            passes = passes.saturating_add(1);
-            if !was && passes >= config.healthy_threshold {
-                healthy.store(true, Ordering::Relaxed);
-                changed = Some(true);
+        match result {
+            CheckResult::Serving => {
+                fails = 0;
+                passes = passes.saturating_add(1);
+                if !healthy && passes >= config.healthy_threshold {
+                    healthy = true;
+                    changed = Some(true);
+                }
             }
-        } else {
-            passes = 0;
-            fails = fails.saturating_add(1);
-            if was && fails >= config.unhealthy_threshold {
-                healthy.store(false, Ordering::Relaxed);
-                changed = Some(false);
+            CheckResult::Unimplemented => {
+                if !healthy {
+                    changed = Some(true);
+                }
+                on_result(result, changed);
+                return;
+            }
+            CheckResult::Unreachable => {}
+            CheckResult::NotServing | CheckResult::UnknownService | CheckResult::Failed => {
+                passes = 0;
+                fails = fails.saturating_add(1);
+                if healthy && fails >= config.unhealthy_threshold {
+                    healthy = false;
+                    changed = Some(false);
+                }
             }
         }
         on_result(result, changed);

@@ -1,0 +1,265 @@
+//! Whether an endpoint may take a call: one state per endpoint, with every
+//! cause that can keep it out of balancing as a field, and one client-wide
+//! tally that counts each endpoint once.
+//!
+//! This is where to look for "why was this instance not picked".
+//!
+//! ```text
+//!                 causes (any combination; each is set and cleared on its own)
+//!   +----------------------------------------------------------------------------+
+//!   | UNREACHABLE  hard evidence   connect refused / reset / timed out / TLS     |
+//!   |                              failed; cleared by any answer (a reconnect    |
+//!   |                              probe driven by a timer, a health check)      |
+//!   | BREAKER      statistical     the breaker is open (half-open with no free   |
+//!   |                              probe slot is read from the breaker itself)   |
+//!   | UNHEALTHY    statistical     grpc.health.v1 says NOT_SERVING               |
+//!   | (disabled)   operator        the registry says so: filtered out of the     |
+//!   |                              snapshot before it gets here, counted apart   |
+//!   +----------------------------------------------------------------------------+
+//!
+//!   no cause ............................. eligible
+//!   UNREACHABLE (whatever else) .......... never picked; counts as unreachable
+//!   BREAKER and/or UNHEALTHY only ........ ejected (counted once), unless the
+//!                                          client is in panic mode
+//!
+//!   panic mode: more than max_ejection_ratio of the *reachable* endpoints are
+//!   ejected for statistical causes -> statistical causes are ignored for the
+//!   pick (the breaker still decides which calls are its probes). Unreachable
+//!   endpoints are never picked, panic or not.
+//!
+//!   retired: the endpoint left the snapshot; it no longer counts anywhere.
+//! ```
+//!
+//! Every change of cause is one atomic read-modify-write of the endpoint's
+//! flags, and the tally moves by the difference between the old and the new
+//! flags, so concurrent changes never count an endpoint twice.
+
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+
+use crate::breaker::Breaker;
+
+/// The instance could not be connected to.
+pub(crate) const UNREACHABLE: u8 = 1;
+/// The instance's circuit breaker is open.
+pub(crate) const BREAKER_OPEN: u8 = 2;
+/// The instance fails its active health checks.
+pub(crate) const UNHEALTHY: u8 = 4;
+/// The endpoint left the snapshot.
+const RETIRED: u8 = 128;
+
+const STATISTICAL: u8 = BREAKER_OPEN | UNHEALTHY;
+
+/// The causes that keep one endpoint out of balancing.
+#[derive(Debug, Default)]
+pub(crate) struct EndpointState {
+    flags: AtomicU8,
+}
+
+/// What a cause change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Change {
+    /// The flags before.
+    pub before: u8,
+    /// The flags after.
+    pub after: u8,
+}
+
+impl Change {
+    /// Whether `cause` went from clear to set.
+    pub(crate) fn raised(self, cause: u8) -> bool {
+        self.before & cause == 0 && self.after & cause != 0
+    }
+    /// Whether `cause` went from set to clear.
+    pub(crate) fn cleared(self, cause: u8) -> bool {
+        self.before & cause != 0 && self.after & cause == 0
+    }
+}
+
+impl EndpointState {
+    /// Sets or clears `cause`, keeping `tally` in step. Returns the change
+    /// (equal before and after when nothing changed).
+    pub(crate) fn set(&self, cause: u8, on: bool, tally: &Tally) -> Change {
+        let before = if on {
+            self.flags.fetch_or(cause, Ordering::AcqRel)
+        } else {
+            self.flags.fetch_and(!cause, Ordering::AcqRel)
+        };
+        let after = if on { before | cause } else { before & !cause };
+        if before & RETIRED == 0 && before != after {
+            tally.apply(before, after);
+        }
+        Change { before, after }
+    }
+
+    /// Takes the endpoint out of the tally for good (it left the snapshot).
+    pub(crate) fn retire(&self, tally: &Tally) {
+        let before = self.flags.fetch_or(RETIRED, Ordering::AcqRel);
+        if before & RETIRED == 0 {
+            tally.apply(before, 0);
+        }
+    }
+
+    /// Whether `cause` is set.
+    pub(crate) fn has(&self, cause: u8) -> bool {
+        self.flags.load(Ordering::Acquire) & cause != 0
+    }
+
+    /// Whether a first attempt may go to this endpoint. `panic` ignores the
+    /// statistical causes; nothing ignores unreachability.
+    #[inline]
+    pub(crate) fn admits(&self, panic: bool, breaker: &dyn Breaker) -> bool {
+        let flags = self.flags.load(Ordering::Acquire);
+        if flags & UNREACHABLE != 0 {
+            return false;
+        }
+        panic || (flags & UNHEALTHY == 0 && breaker.is_available())
+    }
+
+    /// The causes set now, as labels (for stats and error messages).
+    pub(crate) fn causes(&self, breaker: &dyn Breaker) -> Vec<&'static str> {
+        let flags = self.flags.load(Ordering::Acquire);
+        let mut causes = Vec::new();
+        if flags & UNREACHABLE != 0 {
+            causes.push("unreachable");
+        }
+        if flags & BREAKER_OPEN != 0 {
+            causes.push("breaker_open");
+        } else if !breaker.is_available() {
+            causes.push("breaker_half_open_busy");
+        }
+        if flags & UNHEALTHY != 0 {
+            causes.push("unhealthy");
+        }
+        causes
+    }
+}
+
+/// Client-wide counts over the endpoints of the current snapshot, each
+/// endpoint counted once per line.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    /// Endpoints with at least one cause.
+    ejected: AtomicUsize,
+    /// Endpoints that cannot be connected to.
+    unreachable: AtomicUsize,
+    /// Endpoints whose breaker is open.
+    breaker_open: AtomicUsize,
+    /// Endpoints failing health checks.
+    unhealthy: AtomicUsize,
+    /// Reachable endpoints ejected for a statistical cause (the panic rule's
+    /// numerator).
+    statistical: AtomicUsize,
+}
+
+fn adjust(counter: &AtomicUsize, before: bool, after: bool) {
+    match (before, after) {
+        (false, true) => {
+            counter.fetch_add(1, Ordering::AcqRel);
+        }
+        (true, false) => {
+            let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(1));
+        }
+        _ => {}
+    }
+}
+
+impl Tally {
+    fn apply(&self, before: u8, after: u8) {
+        let has = |f: u8, c: u8| f & c != 0;
+        adjust(&self.ejected, before != 0, after != 0);
+        adjust(
+            &self.unreachable,
+            has(before, UNREACHABLE),
+            has(after, UNREACHABLE),
+        );
+        adjust(
+            &self.breaker_open,
+            has(before, BREAKER_OPEN),
+            has(after, BREAKER_OPEN),
+        );
+        adjust(&self.unhealthy, has(before, UNHEALTHY), has(after, UNHEALTHY));
+        let statistical = |f: u8| has(f, STATISTICAL) && !has(f, UNREACHABLE);
+        adjust(&self.statistical, statistical(before), statistical(after));
+    }
+
+    /// Endpoints that cannot be connected to.
+    pub(crate) fn unreachable(&self) -> usize {
+        self.unreachable.load(Ordering::Acquire)
+    }
+
+    /// Whether statistical ejections are to be ignored: more than `ratio` of
+    /// the reachable endpoints among `known` are ejected for them.
+    #[inline]
+    pub(crate) fn panic(&self, known: usize, ratio: f64) -> bool {
+        let reachable = known.saturating_sub(self.unreachable());
+        let statistical = self.statistical.load(Ordering::Acquire);
+        statistical > 0 && statistical as f64 > ratio * reachable as f64
+    }
+
+    /// The counts, for metrics and stats.
+    pub(crate) fn counts(&self) -> Counts {
+        let get = |c: &AtomicUsize| c.load(Ordering::Acquire);
+        Counts {
+            ejected: get(&self.ejected),
+            unreachable: get(&self.unreachable),
+            breaker_open: get(&self.breaker_open),
+            unhealthy: get(&self.unhealthy),
+        }
+    }
+}
+
+/// A reading of the [`Tally`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Counts {
+    pub ejected: usize,
+    pub unreachable: usize,
+    pub breaker_open: usize,
+    pub unhealthy: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::breaker::{BreakerPolicy, ConsecutiveFailures};
+
+    #[test]
+    fn an_endpoint_with_two_causes_is_ejected_once() {
+        let tally = Tally::default();
+        let a = EndpointState::default();
+        let b = EndpointState::default();
+        let c = EndpointState::default();
+        a.set(BREAKER_OPEN, true, &tally);
+        a.set(UNHEALTHY, true, &tally);
+        let counts = tally.counts();
+        assert_eq!(counts.ejected, 1);
+        assert_eq!((counts.breaker_open, counts.unhealthy), (1, 1));
+        // One of three ejected: no panic at the default ratio.
+        assert!(!tally.panic(3, 0.5));
+        b.set(UNHEALTHY, true, &tally);
+        assert!(tally.panic(3, 0.5), "two of three");
+        assert!(!tally.panic(3, 1.0), "ratio 1 never panics");
+        a.retire(&tally);
+        a.set(UNREACHABLE, true, &tally);
+        assert_eq!(tally.counts().ejected, 1, "a retired endpoint counts nowhere");
+        let _ = c;
+    }
+
+    #[test]
+    fn unreachable_endpoints_are_never_admitted_and_leave_the_panic_ratio() {
+        let tally = Tally::default();
+        let breaker = ConsecutiveFailures::default().build();
+        let dead = EndpointState::default();
+        let open = EndpointState::default();
+        dead.set(UNREACHABLE, true, &tally);
+        dead.set(BREAKER_OPEN, true, &tally);
+        open.set(BREAKER_OPEN, true, &tally);
+        assert!(!dead.admits(true, &*breaker), "not even in panic mode");
+        // Reachable: two; statistically ejected among them: one.
+        assert!(!tally.panic(3, 0.5));
+        assert_eq!(tally.unreachable(), 1);
+        let change = dead.set(UNREACHABLE, false, &tally);
+        assert!(change.cleared(UNREACHABLE));
+        assert!(tally.panic(3, 0.5), "now two of three reachable are ejected");
+        assert!(!dead.set(UNREACHABLE, false, &tally).cleared(UNREACHABLE));
+    }
+}
