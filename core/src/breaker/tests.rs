@@ -125,10 +125,18 @@ async fn a_failed_half_open_reopens_for_one_and_a_half_times_longer() {
     let b = consecutive(1);
     fail(&b, 1);
     let first = to_half_open(&b).await;
-    assert_eq!(b.record(first, false), None, "2 successes of 3 still possible");
+    assert_eq!(
+        b.record(first, false),
+        None,
+        "2 successes of 3 still possible"
+    );
     let second = acquire(&b);
     let third = acquire(&b);
-    assert_eq!(b.record(second, false), t(HalfOpen, Open), "ratio unreachable");
+    assert_eq!(
+        b.record(second, false),
+        t(HalfOpen, Open),
+        "ratio unreachable"
+    );
     assert_eq!(b.open_duration(), BASE.mul_f64(1.5));
     assert_eq!(b.trips(), 2);
     advance(BASE.mul_f64(1.5) - MS).await;
@@ -148,7 +156,11 @@ async fn the_verdict_comes_as_soon_as_it_is_certain() {
     let p2 = acquire(&b);
     let p3 = acquire(&b);
     assert_eq!(b.record(p1, true), None, "1 of 3: undecided");
-    assert_eq!(b.record(p2, false), None, "1 of 3, one outstanding: undecided");
+    assert_eq!(
+        b.record(p2, false),
+        None,
+        "1 of 3, one outstanding: undecided"
+    );
     assert_eq!(b.record(p3, true), t(HalfOpen, Closed), "2 of 3 >= 0.5");
 
     // Certain before every probe has reported: 2 successes of 3 close it.
@@ -170,7 +182,11 @@ async fn the_verdict_comes_as_soon_as_it_is_certain() {
     advance(BASE).await;
     strict.expire();
     let probes: Vec<Permit> = (0..5).map(|_| acquire(&strict)).collect();
-    assert_eq!(strict.record(probes[0], false), None, "4 of 5 still possible");
+    assert_eq!(
+        strict.record(probes[0], false),
+        None,
+        "4 of 5 still possible"
+    );
     assert_eq!(strict.record(probes[1], false), t(HalfOpen, Open));
 }
 

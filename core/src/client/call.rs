@@ -194,10 +194,8 @@ pub(crate) async fn call(
             release(&ep.core, picked.permit);
             let resp = match last {
                 Some(last) => last.into_response(),
-                None => {
-                    Status::deadline_exceeded("deadline exceeded before the call was sent")
-                        .into_http()
-                }
+                None => Status::deadline_exceeded("deadline exceeded before the call was sent")
+                    .into_http(),
             };
             return Ok(finish_call(&shared, &ctx, resp));
         }
@@ -214,7 +212,8 @@ pub(crate) async fn call(
             return Ok(finish_call(&shared, &ctx, resp));
         };
         let req = attempt_request(&parts, body, attempt_timeout);
-        let (outcome, resp) = send(&shared, &ctx, &picked, &snap.picker, req, attempt_timeout).await;
+        let (outcome, resp) =
+            send(&shared, &ctx, &picked, &snap.picker, req, attempt_timeout).await;
         let Some(outcome) = outcome else {
             // A response whose status comes in trailers: return it, observed.
             let resp = resp.unwrap_or_else(|| Status::internal("missing response").into_http());
@@ -235,10 +234,7 @@ pub(crate) async fn call(
         prev = Some(core);
 
         // Transparent retry: the request never reached a server.
-        if outcome.never_processed()
-            && replay.can_replay()
-            && transparent < snap.endpoints.len()
-        {
+        if outcome.never_processed() && replay.can_replay() && transparent < snap.endpoints.len() {
             transparent += 1;
             ClientCounters::incr(&shared.counters.transparent_retries);
             metrics::counter!(m::CLIENT_TRANSPARENT_RETRIES, "service" => shared.service.to_string())
@@ -249,9 +245,8 @@ pub(crate) async fn call(
         }
 
         counted += 1;
-        let retry = counted < max_attempts
-            && replay.can_replay()
-            && is_retryable(&shared, &ctx, outcome);
+        let retry =
+            counted < max_attempts && replay.can_replay() && is_retryable(&shared, &ctx, outcome);
         if !retry {
             return Ok(finish_call(&shared, &ctx, failure.into_response()));
         }
@@ -378,9 +373,7 @@ fn acquire(
     if n == 0 {
         return Err(NoPick::NoneKnown);
     }
-    if shared.tally.unreachable() >= n
-        && snap.endpoints.iter().all(|e| !e.core.is_reachable())
-    {
+    if shared.tally.unreachable() >= n && snap.endpoints.iter().all(|e| !e.core.is_reachable()) {
         return Err(NoPick::AllUnreachable);
     }
     let ratio = shared.config.max_ejection_ratio;

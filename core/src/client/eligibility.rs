@@ -177,7 +177,11 @@ impl Tally {
             has(before, BREAKER_OPEN),
             has(after, BREAKER_OPEN),
         );
-        adjust(&self.unhealthy, has(before, UNHEALTHY), has(after, UNHEALTHY));
+        adjust(
+            &self.unhealthy,
+            has(before, UNHEALTHY),
+            has(after, UNHEALTHY),
+        );
         let statistical = |f: u8| has(f, STATISTICAL) && !has(f, UNREACHABLE);
         adjust(&self.statistical, statistical(before), statistical(after));
     }
@@ -240,7 +244,11 @@ mod tests {
         assert!(!tally.panic(3, 1.0), "ratio 1 never panics");
         a.retire(&tally);
         a.set(UNREACHABLE, true, &tally);
-        assert_eq!(tally.counts().ejected, 1, "a retired endpoint counts nowhere");
+        assert_eq!(
+            tally.counts().ejected,
+            1,
+            "a retired endpoint counts nowhere"
+        );
         let _ = c;
     }
 
@@ -259,7 +267,10 @@ mod tests {
         assert_eq!(tally.unreachable(), 1);
         let change = dead.set(UNREACHABLE, false, &tally);
         assert!(change.cleared(UNREACHABLE));
-        assert!(tally.panic(3, 0.5), "now two of three reachable are ejected");
+        assert!(
+            tally.panic(3, 0.5),
+            "now two of three reachable are ejected"
+        );
         assert!(!dead.set(UNREACHABLE, false, &tally).cleared(UNREACHABLE));
     }
 }

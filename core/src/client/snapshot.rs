@@ -115,9 +115,11 @@ async fn health_task(
     core: Weak<EndpointCore>,
     config: health::HealthCheckConfig,
 ) {
-    let Some((channel, service, id)) = core.upgrade().zip(shared.upgrade()).map(|(c, s)| {
-        (c.channel.clone(), Arc::clone(&s.service), c.id.clone())
-    }) else {
+    let Some((channel, service, id)) = core
+        .upgrade()
+        .zip(shared.upgrade())
+        .map(|(c, s)| (c.channel.clone(), Arc::clone(&s.service), c.id.clone()))
+    else {
         return;
     };
     let checked = config.service.clone();

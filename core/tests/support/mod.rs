@@ -34,48 +34,183 @@ pub struct Faults {
     pub delay_ms: AtomicU64,
     /// Answer this many more calls with `Unavailable`.
     pub fail_next: AtomicU64,
+    /// Share of calls answered `Unavailable` at random, per mille.
+    pub fail_permille: AtomicU64,
+    /// A failure window: after this many calls (0: never) ...
+    pub fail_after: AtomicU64,
+    /// ... answer `Unavailable` for this long (milliseconds).
+    pub fail_for_ms: AtomicU64,
+    /// The end of the current failure window.
+    pub fail_until: Mutex<Option<std::time::Instant>>,
+}
+
+impl Faults {
+    /// Whether this call (the `n`-th, from 1) fails.
+    fn fails(&self, n: u64) -> bool {
+        let after = self.fail_after.load(Ordering::SeqCst);
+        let mut until = self.fail_until.lock().unwrap();
+        if after > 0 && n == after {
+            let d = Duration::from_millis(self.fail_for_ms.load(Ordering::SeqCst));
+            *until = Some(std::time::Instant::now() + d);
+        }
+        if until.is_some_and(|u| std::time::Instant::now() < u) {
+            return true;
+        }
+        drop(until);
+        let permille = self.fail_permille.load(Ordering::SeqCst);
+        if permille > 0 && fastrand::u64(..1000) < permille {
+            return true;
+        }
+        let fail_once = self
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        fail_once || self.failing.load(Ordering::SeqCst)
+    }
+}
+
+/// How a test server is put together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The health service behind the fault layer.
+    Health,
+    /// No service at all: every call is `UNIMPLEMENTED`.
+    Empty,
+}
+
+/// The running part of a server, replaced on restart.
+struct Running {
+    runtime: tokio::runtime::Runtime,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<std::sync::mpsc::Receiver<()>>,
+    reporter: Option<tonic_health::server::HealthReporter>,
 }
 
 /// A server in its own runtime.
 pub struct TestServer {
     pub addr: SocketAddr,
     pub faults: Arc<Faults>,
-    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    kind: Kind,
+    running: Mutex<Option<Running>>,
 }
 
 impl TestServer {
     /// Starts a server on a free loopback port.
     pub fn start() -> Arc<Self> {
+        Self::start_kind(Kind::Health)
+    }
+
+    /// Starts a server without any service, health included.
+    pub fn start_without_health() -> Arc<Self> {
+        Self::start_kind(Kind::Empty)
+    }
+
+    fn start_kind(kind: Kind) -> Arc<Self> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
-        let faults = Arc::new(Faults::default());
+        let server = Arc::new(Self {
+            addr,
+            faults: Arc::new(Faults::default()),
+            kind,
+            running: Mutex::new(None),
+        });
+        server.serve(listener);
+        server
+    }
+
+    fn serve(&self, listener: std::net::TcpListener) {
+        listener.set_nonblocking(true).expect("nonblocking");
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .expect("runtime");
-        let f = Arc::clone(&faults);
+        let f = Arc::clone(&self.faults);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let (reporter, health) = tonic_health::server::health_reporter();
+        let kind = self.kind;
+        let r = reporter.clone();
         rt.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            let (reporter, health) = tonic_health::server::health_reporter();
-            reporter
-                .set_service_status("", tonic_health::ServingStatus::Serving)
-                .await;
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            let _ = tonic::transport::Server::builder()
-                .add_service(FaultService {
-                    inner: health,
-                    faults: f,
-                })
-                .serve_with_incoming(incoming)
-                .await;
+            let shutdown = async {
+                let _ = stop_rx.await;
+            };
+            match kind {
+                Kind::Health => {
+                    r.set_service_status("", tonic_health::ServingStatus::Serving)
+                        .await;
+                    let _ = tonic::transport::Server::builder()
+                        .add_service(FaultService {
+                            inner: health,
+                            faults: f,
+                        })
+                        .serve_with_incoming_shutdown(incoming, shutdown)
+                        .await;
+                }
+                Kind::Empty => {
+                    let _ = tonic::transport::Server::builder()
+                        .add_routes(tonic::service::Routes::default())
+                        .serve_with_incoming_shutdown(incoming, shutdown)
+                        .await;
+                }
+            }
+            let _ = done_tx.send(());
         });
-        Arc::new(Self {
-            addr,
-            faults,
-            runtime: Mutex::new(Some(rt)),
-        })
+        *self.running.lock().unwrap() = Some(Running {
+            runtime: rt,
+            stop: Some(stop_tx),
+            done: Some(done_rx),
+            reporter: Some(reporter),
+        });
+    }
+
+    /// Stops gracefully (GOAWAY, in-flight calls finish), stays down for
+    /// `down`, and serves again on the same port.
+    pub fn restart_gracefully(&self, down: Duration) {
+        let running = self.running.lock().unwrap().take();
+        if let Some(mut r) = running {
+            if let Some(stop) = r.stop.take() {
+                let _ = stop.send(());
+            }
+            if let Some(done) = r.done.take() {
+                let _ = done.recv_timeout(Duration::from_secs(10));
+            }
+            r.runtime.shutdown_background();
+        }
+        std::thread::sleep(down);
+        let listener = std::net::TcpListener::bind(self.addr).expect("bind the same port again");
+        self.serve(listener);
+    }
+
+    /// Sets what the health service answers (`SERVING` or `NOT_SERVING`).
+    pub fn set_serving(&self, serving: bool) {
+        let guard = self.running.lock().unwrap();
+        let Some(r) = guard.as_ref() else { return };
+        let Some(reporter) = r.reporter.clone() else {
+            return;
+        };
+        let status = if serving {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        r.runtime
+            .spawn(async move { reporter.set_service_status("", status).await });
+    }
+
+    /// Fails calls at random, `permille` of them.
+    pub fn set_fail_permille(&self, permille: u64) {
+        self.faults.fail_permille.store(permille, Ordering::SeqCst);
+    }
+
+    /// After `calls` calls, fails every call for `window`.
+    pub fn set_failure_window(&self, calls: u64, window: Duration) {
+        self.faults
+            .fail_for_ms
+            .store(window.as_millis() as u64, Ordering::SeqCst);
+        self.faults.fail_after.store(calls, Ordering::SeqCst);
     }
 
     /// `host:port`.
@@ -107,8 +242,8 @@ impl TestServer {
 
     /// Stops the server abruptly: listener and connections are dropped.
     pub fn kill(&self) {
-        if let Some(rt) = self.runtime.lock().unwrap().take() {
-            rt.shutdown_background();
+        if let Some(r) = self.running.lock().unwrap().take() {
+            r.runtime.shutdown_background();
         }
     }
 }
@@ -150,16 +285,12 @@ where
         let faults = Arc::clone(&self.faults);
         let mut inner = self.inner.clone();
         Box::pin(async move {
-            faults.calls.fetch_add(1, Ordering::SeqCst);
+            let n = faults.calls.fetch_add(1, Ordering::SeqCst) + 1;
             let delay = faults.delay_ms.load(Ordering::SeqCst);
             if delay > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
-            let fail_once = faults
-                .fail_next
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
-            if fail_once || faults.failing.load(Ordering::SeqCst) {
+            if faults.fails(n) {
                 return Ok(Status::unavailable("injected failure").into_http());
             }
             inner.call(req).await
