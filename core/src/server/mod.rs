@@ -8,9 +8,12 @@
 //! 1. deregisters the instance ([`Registration::shutdown`]), so clients stop
 //!    picking it while it still answers;
 //! 2. sets the `grpc.health.v1` status of its services to `NOT_SERVING`;
-//! 3. stops accepting connections and drains in-flight calls, for at most the
-//!    drain timeout;
-//! 4. returns a [`Stopped`] report.
+//! 3. keeps serving for the lame-duck delay ([`DEFAULT_LAME_DUCK`]), so that
+//!    clients learn of the departure from their registry watch (or health
+//!    checks) before the connection goes away;
+//! 4. stops accepting connections (HTTP/2 `GOAWAY`) and drains in-flight
+//!    calls, for at most the drain timeout;
+//! 5. returns a [`Stopped`] report.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -76,6 +79,9 @@ use crate::registry::{RegisterOptions, Registration, Registry, RegistryError};
 
 /// Default limit on how long in-flight calls may take to finish at shutdown.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a deregistered server keeps serving before it stops
+/// accepting: about one registry watch propagation.
+pub const DEFAULT_LAME_DUCK: Duration = Duration::from_secs(1);
 
 /// Why a server could not start or stopped on its own.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +141,7 @@ pub struct Lifecycle {
     instance: Instance,
     options: RegisterOptions,
     drain_timeout: Duration,
+    lame_duck: Duration,
     reporter: Option<HealthReporter>,
     services: Vec<String>,
     flag: Option<HealthFlag>,
@@ -146,6 +153,7 @@ impl std::fmt::Debug for Lifecycle {
             .field("instance", &self.instance)
             .field("options", &self.options)
             .field("drain_timeout", &self.drain_timeout)
+            .field("lame_duck", &self.lame_duck)
             .field("services", &self.services)
             .field("flag", &self.flag)
             .finish_non_exhaustive()
@@ -161,6 +169,7 @@ impl Lifecycle {
             instance,
             options: RegisterOptions::default(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            lame_duck: DEFAULT_LAME_DUCK,
             reporter: None,
             services: Vec::new(),
             flag: None,
@@ -177,6 +186,14 @@ impl Lifecycle {
     /// accepting connections.
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
+        self
+    }
+
+    /// How long the server keeps serving after it deregistered and reported
+    /// `NOT_SERVING`, before it stops accepting and drains (default
+    /// [`DEFAULT_LAME_DUCK`]; zero skips the wait).
+    pub fn lame_duck(mut self, delay: Duration) -> Self {
+        self.lame_duck = delay;
         self
     }
 
@@ -266,6 +283,18 @@ impl Lifecycle {
         }
         if let Some(ended) = ended {
             return Err(ended_early(ended));
+        }
+
+        if !self.lame_duck.is_zero() {
+            tracing::info!(instance = %self.instance, delay = ?self.lame_duck,
+                "lame duck: still serving while clients learn of the departure");
+            let ended = tokio::select! {
+                () = tokio::time::sleep(self.lame_duck) => None,
+                ended = &mut server => Some(ended),
+            };
+            if let Some(ended) = ended {
+                return Err(ended_early(ended));
+            }
         }
 
         tracing::info!(instance = %self.instance, timeout = ?self.drain_timeout, "draining");

@@ -29,6 +29,7 @@ async fn start(flag: Option<HealthFlag>, drain: Duration) -> Running {
     let router = tonic::transport::Server::builder().add_service(health);
     let mut lifecycle = Lifecycle::new(registry.clone(), instance)
         .health(reporter, ["Svc"])
+        .lame_duck(Duration::from_millis(400))
         .drain_timeout(drain);
     if let Some(flag) = flag {
         lifecycle = lifecycle.health_flag(flag);
@@ -72,6 +73,29 @@ async fn reports_a_port_in_use_when_binding() {
     let err = bind(addr).await.unwrap_err();
     assert!(matches!(err, ServeError::Bind { .. }));
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
+}
+
+#[tokio::test]
+async fn a_deregistered_server_keeps_answering_for_the_lame_duck_delay() {
+    let run = start(None, Duration::from_secs(5)).await;
+    let mut client = health_client(&run.address).await;
+    run.stop.send(()).unwrap();
+    // Gone from the registry at once ...
+    timeout(LIMIT, async {
+        while !run.registry.discover("Svc", None).await.unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    // ... but still answering (NOT_SERVING) on the open connection, and on
+    // a new one, while clients learn of the departure.
+    assert_eq!(check(&mut client, "").await, Wire::NotServing as i32);
+    let mut fresh = health_client(&run.address).await;
+    assert_eq!(check(&mut fresh, "Svc").await, Wire::NotServing as i32);
+    assert!(!run.task.is_finished(), "still in its lame-duck delay");
+    let stopped = timeout(LIMIT, run.task).await.unwrap().unwrap().unwrap();
+    assert!(stopped.drained);
 }
 
 #[tokio::test]

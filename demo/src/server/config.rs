@@ -50,6 +50,10 @@ pub struct ServerArgs {
     /// How long in-flight calls may take to finish at shutdown.
     #[arg(long, default_value = "10s", value_parser = flags::duration)]
     pub drain_timeout: Duration,
+    /// How long the server keeps serving after deregistering at shutdown,
+    /// before it stops accepting (clients learn of the departure meanwhile).
+    #[arg(long, default_value = "1s", value_parser = flags::duration)]
+    pub lame_duck: Duration,
 }
 
 /// A flag combination that is invalid although each flag parsed.

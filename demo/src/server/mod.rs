@@ -163,6 +163,7 @@ impl BoundServer {
             .health(reporter, [SERVICE_NAME])
             .health_flag(flag)
             .drain_timeout(self.args.drain_timeout)
+            .lame_duck(self.args.lame_duck)
             .serve(router, self.grpc, shutdown)
             .await;
 
