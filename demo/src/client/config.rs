@@ -130,15 +130,13 @@ pub struct ClientArgs {
     /// Calls after a recovery wait that check the cluster serves again.
     #[arg(long, default_value_t = 10)]
     pub verify_calls: u64,
-    /// Deadline shared by the breaker scenario's calls.
-    #[arg(long, default_value = "1ms", value_parser = flags::positive_duration)]
-    pub breaker_deadline: Duration,
-    /// Most calls the breaker scenario sends to trip a breaker (it stops at
-    /// the first trip). On a fast loopback some calls beat even an expired
-    /// deadline (timers tick in milliseconds), hence the margin.
-    #[arg(long, default_value_t = 100, value_parser = flags::positive)]
+    /// Most calls the breaker scenario sends, one at a time, to trip a
+    /// breaker on the servers' own failures (it stops at the first trip).
+    /// With server A failing after 100 of its calls, 1000 leave margin.
+    #[arg(long, default_value_t = 1000, value_parser = flags::positive)]
     pub breaker_calls: u64,
-    /// Wait for open breakers to half-open [default: --breaker-open + 1s].
+    /// Longest wait, after a trip, for every breaker to close again
+    /// [default: 4 x --breaker-open + 15s, room for A's 10 s failure window].
     #[arg(long, value_parser = flags::duration)]
     pub breaker_wait: Option<Duration>,
     /// Calls of the concurrent scenario, all at once.
@@ -147,6 +145,9 @@ pub struct ClientArgs {
     /// Calls of the load scenario.
     #[arg(long, default_value_t = 1000, value_parser = flags::positive)]
     pub requests: u64,
+    /// Run the load scenario for this long instead of a number of calls.
+    #[arg(long, value_parser = flags::positive_duration, conflicts_with = "requests")]
+    pub duration: Option<Duration>,
     /// Calls in flight in the load scenario.
     #[arg(long, default_value_t = 10, value_parser = flags::positive)]
     pub concurrency: u64,
@@ -169,10 +170,10 @@ fn parse_strategy(s: &str) -> Result<Strategy, String> {
 }
 
 impl ClientArgs {
-    /// The wait for breakers to half-open.
+    /// The longest wait for every breaker to close again.
     pub fn breaker_wait(&self) -> Duration {
         self.breaker_wait
-            .unwrap_or(self.breaker_open + Duration::from_secs(1))
+            .unwrap_or(self.breaker_open.saturating_mul(4) + Duration::from_secs(15))
     }
 
     /// The failover policy from the flags.
@@ -243,7 +244,10 @@ mod tests {
         assert_eq!(a.connect_timeout, Duration::from_secs(1));
         assert_eq!(a.request_timeout, Duration::from_secs(2));
         assert_eq!(a.recovery_wait, Duration::from_secs(12));
-        assert_eq!(a.breaker_wait(), Duration::from_secs(6));
+        assert_eq!(a.breaker_wait(), Duration::from_secs(35));
+        assert_eq!(a.duration, None);
+        let a = parse(&["--scenario", "load", "--duration", "8s"]).unwrap();
+        assert_eq!(a.duration, Some(Duration::from_secs(8)));
     }
 
     #[test]
@@ -256,6 +260,8 @@ mod tests {
             &["--request-timeout", "soon"],
             &["--concurrency", "0"],
             &["--output", "xml"],
+            &["--duration", "0s"],
+            &["--requests", "5", "--duration", "1s"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }

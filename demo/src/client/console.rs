@@ -83,7 +83,8 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Counts one step and redraws at most every 100 ms.
+    /// Counts one step and redraws at most every 100 ms (a total of 0 means
+    /// open-ended: only the count is drawn).
     pub fn step(&self) {
         let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
         if !self.enabled {
@@ -94,12 +95,12 @@ impl Progress {
             return;
         }
         *last = Some(Instant::now());
-        let _ = write!(
-            std::io::stderr().lock(),
-            "\r  [{}] {done}/{} ",
-            self.label,
-            self.total
-        );
+        let mut err = std::io::stderr().lock();
+        let _ = if self.total == 0 {
+            write!(err, "\r  [{}] {done} ", self.label)
+        } else {
+            write!(err, "\r  [{}] {done}/{} ", self.label, self.total)
+        };
     }
 
     /// Clears the progress line.

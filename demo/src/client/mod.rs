@@ -56,10 +56,12 @@ pub async fn run(args: ClientArgs, console: Console) -> Result<Report, ClientRun
         .unwrap_or_else(|| "least_request (default)".into());
     let mut runner = Runner::new(args, client.clone(), console);
     runner.run(scenario).await;
+    let panic_picks_after_waits = runner.panic_picks_after_waits();
     Ok(Report {
         scenario: scenario.as_str().to_owned(),
         balancer,
         greetings: runner.greetings(),
+        panic_picks_after_waits,
         phases: runner.into_phases(),
         stats: client.stats(),
     })

@@ -79,6 +79,9 @@ pub struct Report {
     pub greetings: Tally,
     /// The phases, in order.
     pub phases: Vec<Phase>,
+    /// Panic-mode picks made after the last recovery wait (`None` when the
+    /// scenario has no wait). Zero once the cluster has recovered.
+    pub panic_picks_after_waits: Option<u64>,
     /// The client's stats: totals, retries, failovers, breaker trips,
     /// latency (seconds), per-instance counts.
     #[serde(flatten)]
@@ -112,6 +115,14 @@ impl Report {
             ("Retry count", s.retries.to_string()),
             ("Failover count", s.failovers.to_string()),
             ("Breaker trips", s.breaker_trips.to_string()),
+            (
+                "Panic-mode picks",
+                match self.panic_picks_after_waits {
+                    Some(after) => format!("{} ({after} after the recovery waits)", s.panic_picks),
+                    None => s.panic_picks.to_string(),
+                },
+            ),
+            ("Transparent retries", s.transparent_retries.to_string()),
             ("Retries over budget", s.budget_exhausted.to_string()),
             ("Avg response time", ms(s.avg_latency)),
             ("p50 response time", ms(s.p50_latency)),
@@ -143,13 +154,18 @@ impl Report {
         let _ = writeln!(t, "\nCalls per instance");
         let _ = writeln!(
             t,
-            "{:<22} {:>8} {:>8} {:>8}  {:<10} healthy",
-            "instance", "attempts", "success", "failure", "breaker"
+            "{:<22} {:>8} {:>8} {:>8}  {:<10} {:<8} eligible",
+            "instance", "attempts", "success", "failure", "breaker", "healthy"
         );
         for i in &s.instances {
+            let eligible = if i.ejected_for.is_empty() {
+                "yes".to_owned()
+            } else {
+                format!("no ({})", i.ejected_for.join(", "))
+            };
             let _ = writeln!(
                 t,
-                "{:<22} {:>8} {:>8} {:>8}  {:<10} {}",
+                "{:<22} {:>8} {:>8} {:>8}  {:<10} {:<8} {eligible}",
                 i.id,
                 i.attempts,
                 i.successes,

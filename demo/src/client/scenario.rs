@@ -3,9 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use fyerrpc::breaker::BreakerState;
+use fyerrpc::client::BreakerEvent;
+use fyerrpc::metrics::LatencyHistogram;
 use fyerrpc::Client;
 use tonic::{Request, Status};
 
@@ -18,11 +21,32 @@ use crate::proto::{GreetServiceClient, HelloRequest, HelloResponse};
 /// counted.
 const SHOWN_FAILURES: u64 = 10;
 
-/// The smallest deadline a call is given (gRPC cannot send zero).
-pub const MIN_DEADLINE: Duration = Duration::from_micros(1);
+/// Time between the calls that keep traffic flowing while the breaker
+/// scenario waits for every breaker to close (half-open probes are calls).
+pub const BREAKER_TICK: Duration = Duration::from_millis(50);
 
-/// Calls the breaker scenario sends at once.
-pub const BREAKER_BURST: u64 = 20;
+/// Breaker state changes seen since the runner started, with when.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    events: Mutex<Vec<(Duration, BreakerEvent)>>,
+}
+
+impl Lifecycle {
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn since(&self, from: usize) -> Vec<(Duration, BreakerEvent)> {
+        self.lock()
+            .get(from..)
+            .map(<[_]>::to_vec)
+            .unwrap_or_default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Duration, BreakerEvent)>> {
+        self.events.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 /// Runs scenarios on one client and keeps their counts.
 #[derive(Debug)]
@@ -32,18 +56,44 @@ pub struct Runner {
     console: Console,
     greetings: Arc<Counter>,
     phases: Vec<Phase>,
+    lifecycle: Arc<Lifecycle>,
+    /// Panic-mode picks counted when the last recovery wait ended.
+    panic_picks_after_wait: Option<u64>,
 }
 
 impl Runner {
-    /// A runner over a ready client.
+    /// A runner over a ready client. Must be called inside a tokio runtime
+    /// (it follows the client's breaker events in a task).
     pub fn new(args: ClientArgs, client: Client, console: Console) -> Self {
+        let started = Instant::now();
+        let lifecycle = Arc::new(Lifecycle::default());
+        let mut events = client.breaker_events();
+        let log = Arc::clone(&lifecycle);
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(e) => log.lock().push((started.elapsed(), e)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
         Self {
             args,
             client,
             console,
             greetings: Arc::default(),
             phases: Vec::new(),
+            lifecycle,
+            panic_picks_after_wait: None,
         }
+    }
+
+    /// Panic-mode picks made after the last recovery wait ended (`None`
+    /// when the scenarios had no wait).
+    pub fn panic_picks_after_waits(&self) -> Option<u64> {
+        self.panic_picks_after_wait
+            .map(|at| self.client.stats().panic_picks.saturating_sub(at))
     }
 
     /// All `SayHello` calls so far.
@@ -131,62 +181,83 @@ impl Runner {
                 self.args.recovery_wait,
             )
             .await;
+        self.panic_picks_after_wait = Some(self.client.stats().panic_picks);
         self.verify("failover-verify").await;
     }
 
-    /// Calls under a tiny deadline until a circuit breaker opens, a wait
-    /// for it to half-open, and calls that close it again.
+    /// Whether every breaker of a known instance is closed.
+    fn all_closed(&self) -> bool {
+        self.client
+            .stats()
+            .instances
+            .iter()
+            .all(|i| i.breaker == "closed" || i.breaker == "removed")
+    }
+
+    /// Real server failures trip a breaker (server A's failure window, or
+    /// B's random failures), time half-opens it and probes close it; the
+    /// lifecycle observed is printed with timestamps.
     ///
-    /// Each call gets `--breaker-deadline` of its own: it is sent, and an
-    /// instance that does not answer within it has failed that call, which
-    /// counts against it. (A call whose deadline has already passed is not
-    /// sent at all, so it counts against no instance.)
+    /// Calls go one at a time until a breaker opens (at most
+    /// `--breaker-calls`); then a call every [`BREAKER_TICK`] keeps traffic
+    /// flowing (the half-open probes are such calls) until every breaker is
+    /// closed again, for at most `--breaker-wait`. Failed attempts are
+    /// retried elsewhere, so the calls themselves should all succeed.
     pub async fn breaker(&mut self) {
-        let deadline = self.args.breaker_deadline;
-        self.say(format!(
-            "\n=== Circuit breaker: calls under a {} deadline ===",
-            humantime::format_duration(deadline)
-        ));
-        let trips = self.client.stats().breaker_trips;
+        self.say("\n=== Circuit breaker: real failures open it, time and probes close it ===");
         let start = self.begin();
-        let mut tripped = false;
-        // Bursts of concurrent calls: the instances cannot answer them all
-        // within the deadline, so time-outs pile up against them.
-        let left = deadline.max(MIN_DEADLINE);
+        let from = self.lifecycle.len();
+        let opened = |events: &[(Duration, BreakerEvent)]| {
+            events
+                .iter()
+                .find(|(_, e)| e.to == BreakerState::Open)
+                .map(|(_, e)| e.instance.clone())
+        };
         let mut sent = 0;
-        while sent < self.args.breaker_calls && !tripped {
-            let burst = BREAKER_BURST.min(self.args.breaker_calls - sent);
-            let calls = (0..burst).map(|_| self.hello("CircuitBreakerTest".into(), Some(left)));
-            let results = futures_util::future::join_all(calls).await;
-            for (k, result) in results.iter().enumerate() {
-                if let Err(status) = result {
-                    self.say(format!(
-                        "  call {}: {:?} {}",
-                        sent + k as u64,
-                        status.code(),
-                        status.message()
-                    ));
-                }
-            }
-            sent += burst;
-            tripped = self.client.stats().breaker_trips > trips;
+        let mut tripped = None;
+        while sent < self.args.breaker_calls && tripped.is_none() {
+            let _ = self.hello(format!("BreakerUser{}", sent % 100), None).await;
+            sent += 1;
+            tripped = opened(&self.lifecycle.since(from));
         }
+        match &tripped {
+            Some(id) => self.say(format!(
+                "  {id}'s breaker opened after {sent} calls, on the server's own failures"
+            )),
+            None => self.say(format!("  no breaker opened in {sent} calls")),
+        }
+        let limit = Instant::now() + self.args.breaker_wait();
+        let progress = self
+            .console
+            .progress("waiting for every breaker to close", 0);
+        while !self.all_closed() && Instant::now() < limit {
+            let _ = self.hello(format!("BreakerUser{}", sent % 100), None).await;
+            sent += 1;
+            progress.step();
+            tokio::time::sleep(BREAKER_TICK).await;
+        }
+        progress.finish();
         self.end("breaker", start);
-        let states = self.breaker_states();
-        if tripped {
-            self.say(format!("  circuit breaker opened: {states}"));
-        } else {
-            self.say(format!("  no breaker opened: {states}"));
+        self.say("  breaker lifecycle (seconds since the client started):");
+        for (at, e) in self.lifecycle.since(from) {
+            self.say(format!(
+                "    {:>8.3}s  {:<12} {:>9} -> {}",
+                at.as_secs_f64(),
+                e.instance,
+                e.from,
+                e.to
+            ));
         }
-        self.console
-            .wait(
-                "Waiting for open breakers to half-open",
-                self.args.breaker_wait(),
-            )
-            .await;
-        self.verify("breaker-verify").await;
         let states = self.breaker_states();
-        self.say(format!("  breakers now: {states}"));
+        if self.all_closed() {
+            self.say(format!("  every breaker closed again: {states}"));
+        } else {
+            self.say(format!(
+                "  breakers not all closed after the wait: {states}"
+            ));
+        }
+        self.panic_picks_after_wait = Some(self.client.stats().panic_picks);
+        self.verify("breaker-verify").await;
     }
 
     /// Calls all at once.
@@ -214,31 +285,55 @@ impl Runner {
         self.end("concurrent", start);
     }
 
-    /// `--requests` calls with `--concurrency` in flight.
+    /// `--requests` calls (or calls for `--duration`) with `--concurrency`
+    /// in flight; prints calls/s and the phase's p50/p99.
     pub async fn load(&mut self) {
-        let (total, workers) = (self.args.requests, self.args.concurrency);
-        self.say(format!(
-            "\n=== Load: {total} calls, {workers} in flight ==="
-        ));
+        let workers = self.args.concurrency;
+        let duration = self.args.duration;
+        let total = if duration.is_some() {
+            u64::MAX
+        } else {
+            self.args.requests
+        };
+        match duration {
+            Some(d) => self.say(format!(
+                "\n=== Load: calls for {}, {workers} in flight ===",
+                humantime::format_duration(d)
+            )),
+            None => self.say(format!(
+                "\n=== Load: {total} calls, {workers} in flight ==="
+            )),
+        }
         let start = self.begin();
+        let until = duration.map(|d| Instant::now() + d);
         let next = Arc::new(AtomicU64::new(0));
-        let progress = Arc::new(self.console.progress("load", total));
+        let latency = Arc::new(LatencyHistogram::new());
+        let progress = Arc::new(
+            self.console
+                .progress("load", if until.is_some() { 0 } else { total }),
+        );
         let tasks: Vec<_> = (0..workers.min(total))
             .map(|_| {
                 let mut greet = GreetServiceClient::new(self.client.clone());
-                let (next, counter, progress) = (
+                let (next, counter, progress, latency) = (
                     Arc::clone(&next),
                     Arc::clone(&self.greetings),
                     Arc::clone(&progress),
+                    Arc::clone(&latency),
                 );
                 tokio::spawn(async move {
                     loop {
+                        if until.is_some_and(|u| Instant::now() >= u) {
+                            break;
+                        }
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         if i >= total {
                             break;
                         }
+                        let t0 = Instant::now();
                         let result =
                             say_hello(&mut greet, format!("LoadUser{}", i % 100), None).await;
+                        latency.record(t0.elapsed());
                         counter.record(result.is_ok());
                         progress.step();
                     }
@@ -254,10 +349,15 @@ impl Runner {
         let phase = self.end("load", start);
         let secs = self.phases.last().map_or(0.0, |p| p.elapsed_seconds);
         self.say(format!(
-            "  {} of {} calls succeeded in {secs:.2} s ({:.0} calls/s)",
+            "  {} of {} calls succeeded in {secs:.2} s ({:.0} calls/s); {} failed ({:.3} %); \
+             p50 {:.2} ms, p99 {:.2} ms",
             phase.ok,
             phase.calls,
-            phase.calls as f64 / secs.max(1e-9)
+            phase.calls as f64 / secs.max(1e-9),
+            phase.failed,
+            100.0 * phase.failed as f64 / (phase.calls.max(1)) as f64,
+            latency.quantile(0.5).as_secs_f64() * 1e3,
+            latency.quantile(0.99).as_secs_f64() * 1e3,
         ));
     }
 
