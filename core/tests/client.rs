@@ -327,3 +327,109 @@ async fn a_single_instance_is_retried_in_place() {
     assert_eq!(server.calls(), 3);
     assert_eq!((stats.retries, stats.failovers), (2, 0));
 }
+
+#[tokio::test]
+async fn when_every_instance_is_unreachable_calls_fail_fast_naming_them() {
+    let registry = Arc::new(MemoryRegistry::new());
+    let (a, b) = (support::free_address(), support::free_address());
+    registry.insert(Instance::new("a", SERVICE, a.to_string()).unwrap());
+    registry.insert(Instance::new("b", SERVICE, b.to_string()).unwrap());
+    let client = client(registry, |b| b).await;
+    // The first call finds out, trying each once.
+    let first = check(client.clone()).await.unwrap_err();
+    assert_eq!(first.code(), Code::Unavailable, "{first}");
+    assert!(first.message().contains("could not connect"), "{first}");
+    // Then calls fail at once, naming every instance.
+    let started = std::time::Instant::now();
+    let err = check(client.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains("every instance"), "{err}");
+    for addr in [a, b] {
+        assert!(err.message().contains(&addr.to_string()), "{err}");
+    }
+    assert!(started.elapsed() < Duration::from_millis(500));
+    let stats = client.stats();
+    assert!(stats
+        .instances
+        .iter()
+        .all(|i| !i.reachable && i.breaker == "closed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_ready_waits_for_an_instance_to_come_up() {
+    let registry = Arc::new(MemoryRegistry::new());
+    let addr = support::free_address();
+    registry.insert(Instance::new("late", SERVICE, addr.to_string()).unwrap());
+    let client = client(registry, |b| {
+        b.wait_for_ready(true)
+            .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200))
+    })
+    .await;
+    let starter = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        tokio::task::spawn_blocking(move || TestServer::start_at(addr))
+            .await
+            .unwrap()
+    });
+    // Within its deadline, the call waits for the server instead of failing.
+    check_within(client.clone(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let server = starter.await.unwrap();
+    assert!(server.calls() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_that_never_reached_a_server_spend_no_retry_budget() {
+    let (servers, registry) = cluster();
+    let client = client(registry, |b| {
+        b.balancer(Arc::new(RoundRobin))
+            .failover(FailoverConfig::default().with_budget(0.0, 0))
+    })
+    .await;
+    for _ in 0..30 {
+        check(client.clone()).await.unwrap();
+    }
+    servers[1].kill();
+    // Let the client's connection see the close: a request written to a
+    // connection the peer had just dropped may have reached it (a broken
+    // pipe proves nothing), so it is not a transparent retry.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..300 {
+        check(client.clone())
+            .await
+            .unwrap_or_else(|e| panic!("call {i} failed: {e}"));
+    }
+    let stats = client.stats();
+    assert_eq!(stats.budget_exhausted, 0, "{stats:?}");
+    assert!(stats.transparent_retries >= 1, "{stats:?}");
+}
+
+#[tokio::test]
+async fn counters_of_instances_gone_past_the_retention_are_dropped() {
+    let (servers, registry) = cluster();
+    let client = client(registry.clone(), |b| {
+        b.stats_retention(Duration::from_millis(100))
+    })
+    .await;
+    for _ in 0..6 {
+        check(client.clone()).await.unwrap();
+    }
+    registry
+        .deregister(&instance("s2", &servers[2]))
+        .await
+        .unwrap();
+    wait_for(|| client.instances().len() == 2).await;
+    let ids =
+        |c: &Client| -> Vec<String> { c.stats().instances.into_iter().map(|i| i.id).collect() };
+    assert_eq!(
+        ids(&client),
+        ["s0", "s1", "s2"],
+        "kept for the retention period"
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The next change of the instance set sweeps them.
+    registry.insert(instance("s3", &servers[2]));
+    wait_for(|| client.instances().len() == 3).await;
+    assert_eq!(ids(&client), ["s0", "s1", "s3"]);
+}

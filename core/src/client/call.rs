@@ -174,6 +174,8 @@ pub(crate) async fn call(
                     && ctx.wait_for_ready
                     && wait_for_eligible(&shared, &ctx).await
                 {
+                    // What was tried may be back: it may be tried again.
+                    allow_tried = true;
                     continue;
                 }
                 let resp = match last {
@@ -233,8 +235,13 @@ pub(crate) async fn call(
         tried.0.push(Arc::clone(&core));
         prev = Some(core);
 
-        // Transparent retry: the request never reached a server.
-        if outcome.never_processed() && replay.can_replay() && transparent < snap.endpoints.len() {
+        // Transparent retry: the request never reached a server, and
+        // another instance can take it now.
+        if outcome.never_processed()
+            && replay.can_replay()
+            && transparent < snap.endpoints.len()
+            && has_untried_eligible(&shared, &shared.snapshot.load(), &tried)
+        {
             transparent += 1;
             ClientCounters::incr(&shared.counters.transparent_retries);
             metrics::counter!(m::CLIENT_TRANSPARENT_RETRIES, "service" => shared.service.to_string())
@@ -546,7 +553,12 @@ async fn send(
     guard.disarm();
     let (outcome, resp) = match result {
         Err(_) => (Outcome::TimedOut, None),
-        Ok(Err(e)) => (classify::classify_error(&e), None),
+        Ok(Err(e)) => {
+            let outcome = classify::classify_error(&e);
+            tracing::debug!(instance = %core.id, outcome = outcome.label(), error = ?e,
+                "attempt failed in transport");
+            (outcome, None)
+        }
         Ok(Ok(resp)) => match classify::grpc_status(resp.headers()) {
             Some(code) => (Outcome::Status(code), Some(resp)),
             None => {

@@ -100,6 +100,19 @@ impl TestServer {
         Self::start_kind(Kind::Health)
     }
 
+    /// Starts a server on `addr` (a port reserved by the test).
+    pub fn start_at(addr: SocketAddr) -> Arc<Self> {
+        let listener = std::net::TcpListener::bind(addr).expect("bind the given address");
+        let server = Arc::new(Self {
+            addr,
+            faults: Arc::new(Faults::default()),
+            kind: Kind::Health,
+            running: Mutex::new(None),
+        });
+        server.serve(listener);
+        server
+    }
+
     /// Starts a server without any service, health included.
     pub fn start_without_health() -> Arc<Self> {
         Self::start_kind(Kind::Empty)
@@ -296,6 +309,12 @@ where
             inner.call(req).await
         })
     }
+}
+
+/// A loopback address where nothing listens (yet).
+pub fn free_address() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
 }
 
 /// The method the tests call.
