@@ -140,11 +140,16 @@ async fn killing_one_of_three_fails_no_idempotent_call() {
     assert_eq!(load.failed(), 0, "{:?}", load.errors.lock().unwrap());
     let stats = client.stats();
     let dead = stats.instances.iter().find(|i| i.id == "s2").unwrap();
-    assert!(!dead.reachable, "{dead:?}");
-    assert_eq!(
-        dead.breaker, "closed",
-        "unreachable is not a breaker failure storm"
+    // The broken connection made the client check: it is known unreachable.
+    assert!(
+        eventually(Duration::from_secs(5), || !client.stats().instances[2]
+            .reachable)
+        .await,
+        "{dead:?}"
     );
+    // Only the calls in flight when it died failed on it; every later one
+    // found it unreachable.
+    assert!(dead.failures <= 32, "{dead:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,17 +266,15 @@ async fn the_seed_faults_plus_a_killed_server_fail_almost_nothing_and_breakers_c
         stats.breaker_trips > 0,
         "A's window trips its breaker: {stats:?}"
     );
-    // Faults cleared: every breaker closes within its open time plus the
-    // probes (which calls carry).
+    // Faults cleared: every breaker of a live instance closes within its
+    // open time plus the probes (which calls carry). The killed one stays
+    // unreachable, whatever its breaker says.
     let mut closed = false;
     for _ in 0..200 {
         let _ = check(client.clone()).await;
-        if client
-            .stats()
-            .instances
-            .iter()
-            .all(|i| i.breaker == "closed")
-        {
+        let stats = client.stats();
+        let live: Vec<_> = stats.instances.iter().filter(|i| i.id != "s2").collect();
+        if live.len() == 2 && live.iter().all(|i| i.breaker == "closed") {
             closed = true;
             break;
         }
@@ -283,7 +286,7 @@ async fn the_seed_faults_plus_a_killed_server_fail_almost_nothing_and_breakers_c
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_breakers_open_then_healed_servers_close_them_again() {
     let (servers, registry) = cluster(3);
-    let open = Duration::from_millis(300);
+    let open = Duration::from_millis(1_000);
     let client = client(registry, |b| {
         b.balancer(Arc::new(RoundRobin)).breaker(breaker(open))
     })
@@ -296,7 +299,7 @@ async fn all_breakers_open_then_healed_servers_close_them_again() {
     }
     let stats = client.stats();
     assert!(
-        stats.instances.iter().all(|i| i.breaker == "open"),
+        stats.instances.iter().all(|i| i.breaker != "closed"),
         "every breaker tripped: {:?}",
         stats.instances
     );
@@ -367,8 +370,10 @@ async fn an_instance_both_open_and_unhealthy_gets_no_first_attempts() {
                 OpenPolicy::default().with_base_open(Duration::from_secs(60)),
             )))
             .health_check(
+                // Slow enough that calls trip the breaker before the
+                // second failed check ejects the instance.
                 HealthCheckConfig::default()
-                    .with_interval(Duration::from_millis(50))
+                    .with_interval(Duration::from_millis(500))
                     .with_timeout(Duration::from_millis(500)),
             )
     })

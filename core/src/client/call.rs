@@ -683,7 +683,13 @@ fn record_outcome(
         // no evidence about the instance's health either.
         Outcome::NotSent => release(core, at.permit),
         _ => {
-            shared.mark_reachable(core);
+            if outcome == Outcome::TransportError {
+                // The connection broke: find out at once whether the
+                // instance is still there.
+                shared.check_reachability(core);
+            } else {
+                shared.mark_reachable(core);
+            }
             if let Some(permit) = at.permit {
                 if let Some(t) = core.breaker.record(permit, !failure) {
                     shared.on_transition(core, t);

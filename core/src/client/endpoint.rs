@@ -1,6 +1,7 @@
 //! Per-instance state of a client: its channel, breaker, load, eligibility
 //! and counters.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 
 use tokio::task::AbortHandle;
@@ -27,6 +28,8 @@ pub(crate) struct EndpointCore {
     pub counters: Arc<InstanceCounters>,
     pub health_task: OnceLock<AbortHandle>,
     pub handles: InstanceHandles,
+    /// A reachability check is running (after a broken connection).
+    pub checking: AtomicBool,
 }
 
 impl EndpointCore {
@@ -47,6 +50,7 @@ impl EndpointCore {
             counters,
             health_task: OnceLock::new(),
             handles: InstanceHandles::new(service, instance.id()),
+            checking: AtomicBool::new(false),
         }
     }
 

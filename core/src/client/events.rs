@@ -134,6 +134,39 @@ impl Shared {
         }
     }
 
+    /// After a connection broke under a call: checks at once, off the call
+    /// path, whether the instance can still be connected to, so that a
+    /// crashed instance is known as unreachable (hard evidence) rather than
+    /// only through its breaker (statistical).
+    pub(crate) fn check_reachability(self: &Arc<Self>, core: &Arc<EndpointCore>) {
+        if !core.is_reachable()
+            || core
+                .checking
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            core.checking
+                .store(false, std::sync::atomic::Ordering::Release);
+            return;
+        };
+        let (shared, weak) = (Arc::downgrade(self), Arc::downgrade(core));
+        let channel = core.channel.clone();
+        let timeout = self.config.connect_timeout.saturating_mul(2);
+        runtime.spawn(async move {
+            let result = crate::health::check(channel, "", timeout).await;
+            let (Some(s), Some(c)) = (shared.upgrade(), weak.upgrade()) else {
+                return;
+            };
+            c.checking
+                .store(false, std::sync::atomic::Ordering::Release);
+            if result == crate::health::CheckResult::Unreachable {
+                s.mark_unreachable(&c);
+            }
+        });
+    }
+
     /// Records that `core` answered (a call, a check or a reconnect probe).
     pub(crate) fn mark_reachable(&self, core: &EndpointCore) {
         if core.is_reachable() {

@@ -3,6 +3,8 @@
 //!
 //! ```text
 //!              attempt or check cannot connect
+//!              (or, after a connection broke under a call, an
+//!               immediate check cannot connect)
 //!   Reachable ----------------------------------> Unreachable
 //!       ^                                           |    ^
 //!       |                                 backoff   |    | no answer:
