@@ -5,7 +5,13 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-eval "$(bash scripts/fetch-services.sh)"
+# `eval "$(...)"` alone would ignore a failed fetch: check its status first,
+# so that a missing tool stops the suite here with a message naming it.
+if ! exports="$(bash scripts/fetch-services.sh)"; then
+    echo "test.sh: stopping: a tool the tests need could not be installed (named above)" >&2
+    exit 1
+fi
+eval "$exports"
 export FYERRPC_ETCD_BIN FYERRPC_CONSUL_BIN
 
 cargo test --workspace --all-features --all-targets
