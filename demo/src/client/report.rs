@@ -222,7 +222,11 @@ pub struct PhaseCheck {
 
 impl std::fmt::Display for PhaseCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({} of {} calls failed)", self.name, self.failed, self.calls)
+        write!(
+            f,
+            "{} ({} of {} calls failed)",
+            self.name, self.failed, self.calls
+        )
     }
 }
 
@@ -344,7 +348,10 @@ mod tests {
                 assert_eq!(p.len(), 1);
                 assert_eq!(p[0].name, "failover-verify");
                 let msg = ReportCheckError::UnexpectedFailures(p).to_string();
-                assert!(msg.contains("failover-verify (2 of 10 calls failed)"), "{msg}");
+                assert!(
+                    msg.contains("failover-verify (2 of 10 calls failed)"),
+                    "{msg}"
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -352,8 +359,17 @@ mod tests {
 
     #[test]
     fn the_check_rejects_what_is_not_a_report() {
-        assert!(matches!(check_json("Cluster stopped."), Err(ReportCheckError::Json(_))));
-        assert!(matches!(check_json(r#"{"phases":[{"name":"x"}]}"#), Err(ReportCheckError::Json(_))));
-        assert!(matches!(check_json(r#"{"phases":[]}"#), Err(ReportCheckError::NoPhases)));
+        assert!(matches!(
+            check_json("Cluster stopped."),
+            Err(ReportCheckError::Json(_))
+        ));
+        assert!(matches!(
+            check_json(r#"{"phases":[{"name":"x"}]}"#),
+            Err(ReportCheckError::Json(_))
+        ));
+        assert!(matches!(
+            check_json(r#"{"phases":[]}"#),
+            Err(ReportCheckError::NoPhases)
+        ));
     }
 }
