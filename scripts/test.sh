@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what the tests need (protoc, etcd, Consul),
 # then runs every test of every crate with all backends enabled, the doc tests,
-# and compiles the benchmarks.
+# and compiles the benchmarks; then every test again with the default
+# features.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -14,5 +15,10 @@ fi
 eval "$exports"
 export FYERRPC_ETCD_BIN FYERRPC_CONSUL_BIN
 
+# Every backend compiled in...
 cargo test --workspace --all-features --all-targets
 cargo test --workspace --all-features --doc
+# ...and the default features: what `cargo build` and scripts/start_cluster.sh
+# give users (the demo without etcd or Consul), with the tests that exist only
+# there.
+cargo test --workspace --all-targets
