@@ -275,7 +275,7 @@ pub fn convention_problems(expo: &Exposition) -> Vec<String> {
                     bad(format!("label `{key}` is reserved or not snake_case"));
                 }
             }
-            if family.kind == "counter" && !(sample.value >= 0.0) {
+            if family.kind == "counter" && (sample.value.is_nan() || sample.value < 0.0) {
                 bad(format!(
                     "counter sample {} is {}",
                     sample.name, sample.value
