@@ -12,6 +12,10 @@
 #   --registry static|etcd|consul   registry backend (default: static, or $FYERRPC_REGISTRY)
 #   --registry-addr ADDR            etcd endpoints or Consul agent address
 #   --release                       build and run optimized binaries
+#   --output table|json             the client's final report: a table (default),
+#                                   or one line of JSON on stdout (everything
+#                                   else goes to stderr; the report is also kept
+#                                   in scripts/logs/client.json)
 #   --keep                          leave the servers running after the client
 #                                   (stop them with scripts/stop_cluster.sh)
 #   -h, --help                      this help
@@ -21,6 +25,7 @@
 #   scripts/start_cluster.sh
 #   scripts/start_cluster.sh -- --scenario load --requests 5000 --concurrency 50
 #   scripts/start_cluster.sh --registry etcd --registry-addr http://127.0.0.1:2379
+#   scripts/start_cluster.sh --output json > report.json
 
 set -euo pipefail
 
@@ -36,6 +41,7 @@ REGISTRY="${FYERRPC_REGISTRY:-static}"
 REGISTRY_ADDR="${FYERRPC_REGISTRY_ADDR:-}"
 PROFILE=debug
 KEEP=0
+OUTPUT=table
 CLIENT_ARGS=()
 
 usage() { sed -n '2,/^$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
@@ -47,6 +53,8 @@ while [[ $# -gt 0 ]]; do
         --registry-addr) REGISTRY_ADDR="${2:?--registry-addr needs a value}"; shift 2 ;;
         --registry-addr=*) REGISTRY_ADDR="${1#*=}"; shift ;;
         --release) PROFILE=release; shift ;;
+        --output) OUTPUT="${2:?--output needs a value}"; shift 2 ;;
+        --output=*) OUTPUT="${1#*=}"; shift ;;
         --keep) KEEP=1; shift ;;
         -h|--help) usage; exit 0 ;;
         --) shift; CLIENT_ARGS=("$@"); break ;;
@@ -60,13 +68,23 @@ case "$REGISTRY" in
     *) echo "start_cluster.sh: --registry must be static, etcd or consul, not '$REGISTRY'" >&2; exit 2 ;;
 esac
 
+case "$OUTPUT" in
+    table|json) ;;
+    *) echo "start_cluster.sh: --output must be table or json, not '$OUTPUT'" >&2; exit 2 ;;
+esac
+
+# say TEXT: progress messages; on stderr when stdout carries the JSON report.
+say() {
+    if [[ "$OUTPUT" == json ]]; then echo "$@" >&2; else echo "$@"; fi
+}
+
 REGISTRY_FLAGS=(--registry "$REGISTRY")
 if [[ -n "$REGISTRY_ADDR" ]]; then
     REGISTRY_FLAGS+=(--registry-addr "$REGISTRY_ADDR")
 fi
 
 # Build once; the servers and the client run the built binaries.
-echo "Building greet-server and greet-client ($PROFILE)..."
+say "Building greet-server and greet-client ($PROFILE)..."
 BUILD=(cargo build --manifest-path "$ROOT/Cargo.toml" -p fyerrpc-demo --bins)
 [[ "$PROFILE" == release ]] && BUILD+=(--release)
 "${BUILD[@]}" ${FEATURES[@]+"${FEATURES[@]}"}
@@ -80,7 +98,7 @@ cleanup() {
     local status=$?
     trap - EXIT INT TERM
     if [[ "$KEEP" == 1 && "$status" == 0 ]]; then
-        echo "Servers left running; stop them with scripts/stop_cluster.sh"
+        say "Servers left running; stop them with scripts/stop_cluster.sh"
     else
         "$SCRIPT_DIR/stop_cluster.sh" --quiet || true
     fi
@@ -130,7 +148,7 @@ wait_healthy() {
             return 1
         fi
         if [[ "$(http_status $((port + HEALTH_OFFSET)) /health)" == 200 ]]; then
-            echo "  server-$name is up (http://localhost:$((port + HEALTH_OFFSET))/health)"
+            say "  server-$name is up (http://localhost:$((port + HEALTH_OFFSET))/health)"
             return 0
         fi
         sleep 0.2
@@ -143,19 +161,29 @@ PORT_A=$BASE_PORT
 PORT_B=$((BASE_PORT + 1))
 PORT_C=$((BASE_PORT + 2))
 
-echo "Starting server cluster for failover demonstration (registry: $REGISTRY)..."
-echo "Starting Server A (Port $PORT_A) - Fails after 100 requests for 10s"
+say "Starting server cluster for failover demonstration (registry: $REGISTRY)..."
+say "Starting Server A (Port $PORT_A) - Fails after 100 requests for 10s"
 start_server A "$PORT_A" --fail-after 100 --fail-duration 10s
-echo "Starting Server B (Port $PORT_B) - 10% random failure rate"
+say "Starting Server B (Port $PORT_B) - 10% random failure rate"
 start_server B "$PORT_B" --fail-rate 0.1
-echo "Starting Server C (Port $PORT_C) - Normal operation"
+say "Starting Server C (Port $PORT_C) - Normal operation"
 start_server C "$PORT_C"
 
 wait_healthy A "$PORT_A"
 wait_healthy B "$PORT_B"
 wait_healthy C "$PORT_C"
 
-echo "Starting failover client demo (log: $LOG_DIR/client.log)..."
-"$BIN_DIR/greet-client" "${REGISTRY_FLAGS[@]}" \
-    --servers "localhost:$PORT_A,localhost:$PORT_B,localhost:$PORT_C" \
-    ${CLIENT_ARGS[@]+"${CLIENT_ARGS[@]}"} 2>&1 | tee "$LOG_DIR/client.log"
+CLIENT=("$BIN_DIR/greet-client" "${REGISTRY_FLAGS[@]}"
+    --servers "localhost:$PORT_A,localhost:$PORT_B,localhost:$PORT_C")
+if [[ "$OUTPUT" == json ]]; then
+    say "Starting failover client demo (log: $LOG_DIR/client.log, report: $LOG_DIR/client.json)..."
+    rm -f "$LOG_DIR/client.json"
+    # The client's stdout (the JSON report) goes to ours and to client.json;
+    # its narration (stderr) to our stderr and to client.log.
+    { "${CLIENT[@]}" ${CLIENT_ARGS[@]+"${CLIENT_ARGS[@]}"} --output json \
+        2>&1 1>&3 3>&- | tee "$LOG_DIR/client.log" >&2 3>&-; } 3>&1 |
+        tee "$LOG_DIR/client.json"
+else
+    say "Starting failover client demo (log: $LOG_DIR/client.log)..."
+    "${CLIENT[@]}" ${CLIENT_ARGS[@]+"${CLIENT_ARGS[@]}"} 2>&1 | tee "$LOG_DIR/client.log"
+fi

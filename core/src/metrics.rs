@@ -16,11 +16,18 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-/// Counter: calls made through the client, by `service`, `method` and final `code`.
+/// Counter: calls made through the client, by `service`, `method` and final
+/// `code` (`ok` or the gRPC status code name in snake_case, as in
+/// `deadline_exceeded`).
 pub const CLIENT_REQUESTS: &str = "fyerrpc_client_requests_total";
 /// Histogram: duration of whole calls (all attempts), seconds, by `service`, `method`.
 pub const CLIENT_REQUEST_DURATION: &str = "fyerrpc_client_request_duration_seconds";
-/// Counter: attempts, by `service`, `instance` and `outcome`.
+/// Counter: attempts, by `service`, `instance` and `outcome`: the gRPC status
+/// code name of the answer (`ok`, `unavailable`, ...), or `unreachable` (no
+/// connection could be made), `not_sent` (the instance did not process the
+/// request: refused stream, GOAWAY), `transport_error` (the transport
+/// failed after the request may have been sent) or `timed_out` (the
+/// attempt ran out of time).
 pub const CLIENT_ATTEMPTS: &str = "fyerrpc_client_attempts_total";
 /// Counter: retries (attempts after the first), by `service`, `method`.
 pub const CLIENT_RETRIES: &str = "fyerrpc_client_retries_total";
@@ -29,7 +36,8 @@ pub const CLIENT_RETRIES: &str = "fyerrpc_client_retries_total";
 pub const CLIENT_FAILOVERS: &str = "fyerrpc_client_failovers_total";
 /// Counter: retries refused because the retry budget was spent, by `service`.
 pub const CLIENT_BUDGET_EXHAUSTED: &str = "fyerrpc_client_retry_budget_exhausted_total";
-/// Counter: breaker state changes, by `service`, `instance`, `to`.
+/// Counter: breaker state changes, by `service`, `instance` and `to`, the
+/// new state (`closed`, `open`, `half_open`).
 pub const CLIENT_BREAKER_TRANSITIONS: &str = "fyerrpc_client_breaker_transitions_total";
 /// Gauge: breaker state per instance (0 closed, 1 open, 2 half-open), by
 /// `service`, `instance`.
@@ -49,23 +57,29 @@ pub const CLIENT_BREAKER_STATE: &str = "fyerrpc_client_breaker_state";
 /// The per-cause lines count an endpoint with two causes in both.
 pub const CLIENT_ENDPOINTS: &str = "fyerrpc_client_endpoints";
 /// Counter: picks made while more reachable endpoints were ejected for
-/// statistical causes than `max_ejection_ratio` allows, so those ejections
-/// were ignored (panic mode), by `service`.
+/// statistical causes than the client's maximum ejection ratio allows, so
+/// those ejections were ignored (panic mode), by `service`.
 pub const CLIENT_PANIC_PICKS: &str = "fyerrpc_client_panic_picks_total";
 /// Counter: attempts sent again at once because the previous one never
 /// reached a server (no connection, refused stream, above a GOAWAY), by
 /// `service`. They spend no retry budget.
 pub const CLIENT_TRANSPARENT_RETRIES: &str = "fyerrpc_client_transparent_retries_total";
-/// Counter: active health check results, by `service`, `instance`, `result`.
+/// Counter: active health check results, by `service`, `instance` and
+/// `result` (`serving`, `not_serving`, `unknown_service`: the server does not
+/// know the checked name, `unimplemented`: no health service, checking
+/// stops, `unreachable`: no connection, or `failed`: a time-out or another
+/// error).
 pub const CLIENT_HEALTH_CHECKS: &str = "fyerrpc_client_health_checks_total";
 /// Counter: registry watch errors seen by the client, by `service`.
 pub const CLIENT_DISCOVERY_ERRORS: &str = "fyerrpc_client_discovery_errors_total";
-/// Counter: registrations re-created after the backend lost them, by `backend`.
+/// Counter: registrations re-created after the backend lost them, by
+/// `backend` (`etcd`, `consul`).
 pub const REGISTRY_REREGISTRATIONS: &str = "fyerrpc_registry_reregistrations_total";
-/// Counter: registry entries skipped because they did not decode, by `backend`.
+/// Counter: registry entries skipped because they did not decode, by
+/// `backend` (`etcd`, `consul`).
 pub const REGISTRY_INVALID_ENTRIES: &str = "fyerrpc_registry_invalid_entries_total";
 /// Counter: registry watches re-established after a disconnect, an error or a
-/// compacted revision, by `backend`.
+/// compacted revision, by `backend` (only `etcd` counts them).
 pub const REGISTRY_WATCH_RESTARTS: &str = "fyerrpc_registry_watch_restarts_total";
 
 /// A latency histogram with fixed log-scale buckets and atomic counters:

@@ -1,7 +1,8 @@
 //! The server's Prometheus metrics, exported on `GET /metrics`.
 //!
 //! Each server owns its recorder (not the process-global one), so several
-//! servers in one process keep separate numbers.
+//! servers in one process keep separate numbers. Every series carries the
+//! label `server`, the server's id.
 
 use std::sync::Arc;
 use std::time::Duration;
