@@ -103,7 +103,8 @@ async fn an_instance_killed_mid_stream_fails_no_call() {
 async fn a_failing_instance_is_ejected_then_probed_back() {
     let (servers, registry) = cluster();
     servers[0].set_failing(true);
-    let open = Duration::from_millis(800);
+    // Long enough that the calls below all fall inside it on a busy machine.
+    let open = Duration::from_secs(3);
     let client = client(registry, |b| {
         b.balancer(Arc::new(RoundRobin)).breaker(Arc::new(
             ConsecutiveFailures::new(3).with_open(OpenPolicy::default().with_base_open(open)),

@@ -184,9 +184,10 @@ impl ClientBuilder {
     }
     /// Sets the largest share of the reachable instances that may be
     /// ejected for statistical causes (open breaker, failing health checks)
-    /// at once (`0.0..=1.0`); beyond it, those ejections are ignored (panic
-    /// mode). Unreachable instances are never picked, whatever the ratio.
-    /// `1.0` turns panic mode off.
+    /// at once (`0.0..=1.0`); beyond it, open breakers are ignored (panic
+    /// mode), and when more than that share also fail their health checks,
+    /// failing health is ignored too. Unreachable instances are never
+    /// picked, whatever the ratio. `1.0` turns panic mode off.
     pub fn max_ejection_ratio(mut self, ratio: f64) -> Self {
         self.config.max_ejection_ratio = ratio;
         self

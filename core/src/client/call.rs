@@ -28,6 +28,7 @@ use tonic::{Code, Status};
 use tower::ServiceExt;
 
 use super::body::{BodyEnd, Observed, Replay};
+use super::eligibility::Panic;
 use super::endpoint::{Endpoint, EndpointCore};
 use super::snapshot::Snapshot;
 use super::Shared;
@@ -384,17 +385,18 @@ fn acquire(
         return Err(NoPick::AllUnreachable);
     }
     let ratio = shared.config.max_ejection_ratio;
-    let panic = shared.tally.panic(n, ratio);
-    if let Some(p) = pick_pass(shared, snap, ctx, tried, prev, allow_tried, panic) {
-        return Ok(p);
-    }
-    // Nothing eligible without panic (say the remaining instances are all
-    // half-open with their probes out): rather than fail, ignore the
-    // statistical causes for this pick, as panic mode does, unless panic
-    // mode is turned off.
-    if !panic && ratio < 1.0 {
-        if let Some(p) = pick_pass(shared, snap, ctx, tried, prev, allow_tried, true) {
+    let mut panic = shared.tally.panic(n, ratio);
+    loop {
+        if let Some(p) = pick_pass(shared, snap, ctx, tried, prev, allow_tried, panic) {
             return Ok(p);
+        }
+        // Nothing eligible at this level (say the remaining instances are
+        // all half-open with their probes out): rather than fail, ignore
+        // one more kind of statistical cause for this pick, as panic mode
+        // does, unless panic mode is turned off.
+        match panic.escalate() {
+            Some(next) if ratio < 1.0 => panic = next,
+            _ => break,
         }
     }
     if snap.endpoints.iter().all(|e| !e.core.is_reachable()) {
@@ -412,7 +414,7 @@ fn pick_pass(
     tried: &Tried,
     prev: Option<&Arc<EndpointCore>>,
     allow_tried: bool,
-    panic: bool,
+    panic: Panic,
 ) -> Option<Picked> {
     let passes: &[bool] = if allow_tried {
         &[false, true]
@@ -426,7 +428,7 @@ fn pick_pass(
             (again || !tried.contains(core)) && core.state.admits(panic, &*core.breaker)
         };
         if let Some(found) = pick_available(shared, snap, ctx, prev, first, panic, &eligible) {
-            if panic {
+            if panic != Panic::Off {
                 ClientCounters::incr(&shared.counters.panic_picks);
                 metrics::counter!(m::CLIENT_PANIC_PICKS, "service" => shared.service.to_string())
                     .increment(1);
@@ -444,7 +446,7 @@ fn pick_available(
     ctx: &CallCtx,
     prev: Option<&Arc<EndpointCore>>,
     first: bool,
-    panic: bool,
+    panic: Panic,
     eligible: &(dyn Fn(usize) -> bool + Sync),
 ) -> Option<Picked> {
     for _ in 0..snap.endpoints.len() {
@@ -465,7 +467,7 @@ fn pick_available(
         if let Some(t) = transition {
             shared.on_transition(&endpoint.core, t);
         }
-        if permit.is_some() || panic {
+        if permit.is_some() || panic != Panic::Off {
             // In panic mode a breaker that grants nothing is passed by; the
             // call then holds no permit and reports nothing to it.
             return Some(Picked {

@@ -22,10 +22,15 @@
 //!   BREAKER and/or UNHEALTHY only ........ ejected (counted once), unless the
 //!                                          client is in panic mode
 //!
-//!   panic mode: more than max_ejection_ratio of the *reachable* endpoints are
-//!   ejected for statistical causes -> statistical causes are ignored for the
-//!   pick (the breaker still decides which calls are its probes). Unreachable
-//!   endpoints are never picked, panic or not.
+//!   panic mode, in two steps (the breaker still decides which calls are its
+//!   probes; unreachable endpoints are never picked, panic or not):
+//!     Panic::Breaker  more than max_ejection_ratio of the *reachable*
+//!                     endpoints are ejected for statistical causes ->
+//!                     open breakers are ignored, failing health is not
+//!     Panic::All      more than max_ejection_ratio of the reachable
+//!                     endpoints fail their health checks -> both are ignored
+//!   (an instance that says it is not serving is the last to get traffic
+//!   back; one whose breaker opened on a run of errors comes before it).
 //!
 //!   retired: the endpoint left the snapshot; it no longer counts anywhere.
 //! ```
@@ -48,6 +53,28 @@ pub(crate) const UNHEALTHY: u8 = 4;
 const RETIRED: u8 = 128;
 
 const STATISTICAL: u8 = BREAKER_OPEN | UNHEALTHY;
+
+/// Which statistical causes a pick ignores (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Panic {
+    /// Every cause counts.
+    Off,
+    /// Open breakers are ignored.
+    Breaker,
+    /// Open breakers and failing health are ignored.
+    All,
+}
+
+impl Panic {
+    /// The next, more permissive level.
+    pub(crate) fn escalate(self) -> Option<Self> {
+        match self {
+            Self::Off => Some(Self::Breaker),
+            Self::Breaker => Some(Self::All),
+            Self::All => None,
+        }
+    }
+}
 
 /// The causes that keep one endpoint out of balancing.
 #[derive(Debug, Default)]
@@ -104,15 +131,19 @@ impl EndpointState {
         self.flags.load(Ordering::Acquire) & cause != 0
     }
 
-    /// Whether a first attempt may go to this endpoint. `panic` ignores the
-    /// statistical causes; nothing ignores unreachability.
+    /// Whether a first attempt may go to this endpoint. `panic` says which
+    /// statistical causes to ignore; nothing ignores unreachability.
     #[inline]
-    pub(crate) fn admits(&self, panic: bool, breaker: &dyn Breaker) -> bool {
+    pub(crate) fn admits(&self, panic: Panic, breaker: &dyn Breaker) -> bool {
         let flags = self.flags.load(Ordering::Acquire);
         if flags & UNREACHABLE != 0 {
             return false;
         }
-        panic || (flags & UNHEALTHY == 0 && breaker.is_available())
+        match panic {
+            Panic::Off => flags & UNHEALTHY == 0 && breaker.is_available(),
+            Panic::Breaker => flags & UNHEALTHY == 0,
+            Panic::All => true,
+        }
     }
 
     /// The causes set now, as labels (for stats and error messages).
@@ -149,6 +180,8 @@ pub(crate) struct Tally {
     /// Reachable endpoints ejected for a statistical cause (the panic rule's
     /// numerator).
     statistical: AtomicUsize,
+    /// Reachable endpoints failing health checks (the second panic step's).
+    unhealthy_reachable: AtomicUsize,
 }
 
 fn adjust(counter: &AtomicUsize, before: bool, after: bool) {
@@ -184,6 +217,8 @@ impl Tally {
         );
         let statistical = |f: u8| has(f, STATISTICAL) && !has(f, UNREACHABLE);
         adjust(&self.statistical, statistical(before), statistical(after));
+        let sick = |f: u8| has(f, UNHEALTHY) && !has(f, UNREACHABLE);
+        adjust(&self.unhealthy_reachable, sick(before), sick(after));
     }
 
     /// Endpoints that cannot be connected to.
@@ -191,13 +226,19 @@ impl Tally {
         self.unreachable.load(Ordering::Acquire)
     }
 
-    /// Whether statistical ejections are to be ignored: more than `ratio` of
-    /// the reachable endpoints among `known` are ejected for them.
+    /// Which statistical ejections are to be ignored, given `known`
+    /// endpoints and the maximum ejection `ratio` of the reachable ones.
     #[inline]
-    pub(crate) fn panic(&self, known: usize, ratio: f64) -> bool {
-        let reachable = known.saturating_sub(self.unreachable());
-        let statistical = self.statistical.load(Ordering::Acquire);
-        statistical > 0 && statistical as f64 > ratio * reachable as f64
+    pub(crate) fn panic(&self, known: usize, ratio: f64) -> Panic {
+        let reachable = known.saturating_sub(self.unreachable()) as f64;
+        let over = |n: usize| n > 0 && n as f64 > ratio * reachable;
+        if !over(self.statistical.load(Ordering::Acquire)) {
+            Panic::Off
+        } else if over(self.unhealthy_reachable.load(Ordering::Acquire)) {
+            Panic::All
+        } else {
+            Panic::Breaker
+        }
     }
 
     /// The counts, for metrics and stats.
@@ -238,10 +279,17 @@ mod tests {
         assert_eq!(counts.ejected, 1);
         assert_eq!((counts.breaker_open, counts.unhealthy), (1, 1));
         // One of three ejected: no panic at the default ratio.
-        assert!(!tally.panic(3, 0.5));
+        assert_eq!(tally.panic(3, 0.5), Panic::Off);
         b.set(UNHEALTHY, true, &tally);
-        assert!(tally.panic(3, 0.5), "two of three");
-        assert!(!tally.panic(3, 1.0), "ratio 1 never panics");
+        assert_eq!(tally.panic(3, 0.5), Panic::All, "two of three unhealthy");
+        assert_eq!(tally.panic(3, 1.0), Panic::Off, "ratio 1 never panics");
+        b.set(UNHEALTHY, false, &tally);
+        b.set(BREAKER_OPEN, true, &tally);
+        assert_eq!(
+            tally.panic(3, 0.5),
+            Panic::Breaker,
+            "two of three ejected, one of them unhealthy: breakers are ignored, health is not"
+        );
         a.retire(&tally);
         a.set(UNREACHABLE, true, &tally);
         assert_eq!(

@@ -49,9 +49,10 @@
 //!
 //! Eligibility has one owner per endpoint, with its causes as fields:
 //! unreachable (hard evidence: never picked), breaker open, failing health
-//! checks (statistical: ignored in panic mode, when more than
-//! `max_ejection_ratio` of the reachable instances are ejected), disabled by
-//! the registry. [`Stats::instances`] says for each instance why it is not
+//! checks (statistical: ignored in panic mode — open breakers when more than
+//! `max_ejection_ratio` of the reachable instances are ejected, failing
+//! health too when more than that share fail their checks), disabled by the
+//! registry. [`Stats::instances`] says for each instance why it is not
 //! eligible, and `fyerrpc_client_endpoints{state}` counts them. When every
 //! known instance is unreachable, calls fail at once with `UNAVAILABLE`
 //! naming them, unless they asked to [wait for ready](WaitForReady).
