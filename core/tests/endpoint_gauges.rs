@@ -44,6 +44,8 @@ async fn endpoint_states_count_each_endpoint_once_per_line() {
     );
     let client = Client::builder(SERVICE, registry as Arc<dyn Registry>)
         .request_timeout(Duration::from_secs(5))
+        // No ejection cap: every cause ejects, whatever the order.
+        .max_ejection_ratio(1.0)
         .breaker(Arc::new(ConsecutiveFailures::new(1).with_open(
             OpenPolicy::default().with_base_open(Duration::from_secs(60)),
         )))

@@ -408,7 +408,7 @@ async fn the_exposition_matches_the_documented_metrics() {
     wait_for("c1 unhealthy", || !healthy(&checked, "c1")).await;
 
     // Retries over budget, and panic mode: every instance of the failing
-    // service trips its breaker, so more are ejected than allowed.
+    // service fails its health checks, so more are ejected than allowed.
     let doomed = Client::builder(FAILING, Arc::clone(&memory) as Arc<dyn Registry>)
         .request_timeout(Duration::from_secs(5))
         .failover(
@@ -417,10 +417,21 @@ async fn the_exposition_matches_the_documented_metrics() {
                 .with_budget(0.0, 0),
         )
         .breaker(Arc::new(ConsecutiveFailures::new(1)))
+        // Both fail their health checks too: more than half of the
+        // reachable instances are ejected, which is panic mode.
+        .health_check(
+            HealthCheckConfig::default()
+                .with_interval(Duration::from_millis(50))
+                .with_unhealthy_threshold(1),
+        )
         .build()
         .await
         .unwrap();
     doomed.ready(Duration::from_secs(10)).await.unwrap();
+    wait_for("f0 and f1 unhealthy", || {
+        !healthy(&doomed, "f0") && !healthy(&doomed, "f1")
+    })
+    .await;
     for _ in 0..10 {
         let err = check(doomed.clone()).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unavailable);

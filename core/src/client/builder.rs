@@ -85,7 +85,7 @@ pub const DEFAULT_STATS_RETENTION: Duration = Duration::from_secs(300);
 /// | connect timeout | 1 s |
 /// | request timeout | none (only the caller's deadline) |
 /// | health checks | off |
-/// | max ejection ratio | 0.5: beyond it, statistical ejections are ignored (panic mode) |
+/// | max ejection ratio | 0.5: breakers eject at most half the reachable instances; panic mode beyond |
 /// | wait for ready | off: when every instance is unreachable, calls fail at once |
 /// | reconnect probes | from 200 ms, ×1.6, at most 5 s apart |
 /// | stats retention | 5 min: counters of instances gone for longer are dropped |
@@ -183,11 +183,14 @@ impl ClientBuilder {
         self
     }
     /// Sets the largest share of the reachable instances that may be
-    /// ejected for statistical causes (open breaker, failing health checks)
-    /// at once (`0.0..=1.0`); beyond it, open breakers are ignored (panic
-    /// mode), and when more than that share also fail their health checks,
-    /// failing health is ignored too. Unreachable instances are never
-    /// picked, whatever the ratio. `1.0` turns panic mode off.
+    /// ejected for statistical causes at once (`0.0..=1.0`, like Envoy's
+    /// maximum ejection percent): a breaker that opens ejects its instance
+    /// only within that share, first come first ejected; later ones keep
+    /// taking calls. Should membership shrink under the ejections made,
+    /// panic mode ignores open breakers, and failing health too when more
+    /// than that share fail their checks. Unreachable instances are never
+    /// picked, whatever the ratio. `1.0` lets every breaker eject and turns
+    /// panic mode off.
     pub fn max_ejection_ratio(mut self, ratio: f64) -> Self {
         self.config.max_ejection_ratio = ratio;
         self

@@ -467,9 +467,11 @@ fn pick_available(
         if let Some(t) = transition {
             shared.on_transition(&endpoint.core, t);
         }
-        if permit.is_some() || panic != Panic::Off {
-            // In panic mode a breaker that grants nothing is passed by; the
-            // call then holds no permit and reports nothing to it.
+        let spared = endpoint.core.state.has(super::eligibility::BREAKER_SPARED);
+        if permit.is_some() || panic != Panic::Off || spared {
+            // In panic mode, or when the ejection cap spared the instance,
+            // a breaker that grants nothing is passed by; the call then
+            // holds no permit and reports nothing to it.
             return Some(Picked {
                 endpoint: endpoint.clone(),
                 index,

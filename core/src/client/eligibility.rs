@@ -10,8 +10,12 @@
 //!   | UNREACHABLE  hard evidence   connect refused / reset / timed out / TLS     |
 //!   |                              failed; cleared by any answer (a reconnect    |
 //!   |                              probe driven by a timer, a health check)      |
-//!   | BREAKER      statistical     the breaker is open (half-open with no free   |
+//!   | BREAKER      statistical     the breaker is open and the ejection cap let  |
+//!   |                              it eject the instance (half-open with no free |
 //!   |                              probe slot is read from the breaker itself)   |
+//!   | (spared)     none            the breaker is open, but ejecting one more    |
+//!   |                              instance would pass max_ejection_ratio of the |
+//!   |                              reachable ones: it keeps taking calls         |
 //!   | UNHEALTHY    statistical     grpc.health.v1 says NOT_SERVING               |
 //!   | (disabled)   operator        the registry says so: filtered out of the     |
 //!   |                              snapshot before it gets here, counted apart   |
@@ -22,7 +26,13 @@
 //!   BREAKER and/or UNHEALTHY only ........ ejected (counted once), unless the
 //!                                          client is in panic mode
 //!
-//!   panic mode, in two steps (the breaker still decides which calls are its
+//!   ejection cap: a breaker that opens ejects its instance only while at most
+//!   max_ejection_ratio of the reachable endpoints are ejected for statistical
+//!   causes, the new one included; later ones are spared (first come, first
+//!   ejected). Failing health is not capped: the instance itself says so.
+//!
+//!   panic mode, the safety net when the reachable set shrinks under the
+//!   ejections already made, in two steps (the breaker still decides which calls are its
 //!   probes; unreachable endpoints are never picked, panic or not):
 //!     Panic::Breaker  more than max_ejection_ratio of the *reachable*
 //!                     endpoints are ejected for statistical causes ->
@@ -49,10 +59,15 @@ pub(crate) const UNREACHABLE: u8 = 1;
 pub(crate) const BREAKER_OPEN: u8 = 2;
 /// The instance fails its active health checks.
 pub(crate) const UNHEALTHY: u8 = 4;
+/// The instance's circuit breaker is open, but the ejection cap spared it:
+/// it stays eligible (its calls carry no breaker permit).
+pub(crate) const BREAKER_SPARED: u8 = 8;
 /// The endpoint left the snapshot.
 const RETIRED: u8 = 128;
 
 const STATISTICAL: u8 = BREAKER_OPEN | UNHEALTHY;
+/// The causes that keep an endpoint out of balancing.
+const CAUSES: u8 = UNREACHABLE | BREAKER_OPEN | UNHEALTHY;
 
 /// Which statistical causes a pick ignores (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -140,7 +155,9 @@ impl EndpointState {
             return false;
         }
         match panic {
-            Panic::Off => flags & UNHEALTHY == 0 && breaker.is_available(),
+            Panic::Off => {
+                flags & UNHEALTHY == 0 && (flags & BREAKER_SPARED != 0 || breaker.is_available())
+            }
             Panic::Breaker => flags & UNHEALTHY == 0,
             Panic::All => true,
         }
@@ -155,7 +172,7 @@ impl EndpointState {
         }
         if flags & BREAKER_OPEN != 0 {
             causes.push("breaker_open");
-        } else if !breaker.is_available() {
+        } else if flags & BREAKER_SPARED == 0 && !breaker.is_available() {
             causes.push("breaker_half_open_busy");
         }
         if flags & UNHEALTHY != 0 {
@@ -199,7 +216,7 @@ fn adjust(counter: &AtomicUsize, before: bool, after: bool) {
 impl Tally {
     fn apply(&self, before: u8, after: u8) {
         let has = |f: u8, c: u8| f & c != 0;
-        adjust(&self.ejected, before != 0, after != 0);
+        adjust(&self.ejected, has(before, CAUSES), has(after, CAUSES));
         adjust(
             &self.unreachable,
             has(before, UNREACHABLE),
@@ -224,6 +241,14 @@ impl Tally {
     /// Endpoints that cannot be connected to.
     pub(crate) fn unreachable(&self) -> usize {
         self.unreachable.load(Ordering::Acquire)
+    }
+
+    /// Whether one more reachable endpoint may be ejected for a statistical
+    /// cause without passing `ratio` of the reachable ones among `known`.
+    pub(crate) fn may_eject(&self, known: usize, ratio: f64) -> bool {
+        let reachable = known.saturating_sub(self.unreachable()) as f64;
+        let after = self.statistical.load(Ordering::Acquire) + 1;
+        after as f64 <= ratio * reachable
     }
 
     /// Which statistical ejections are to be ignored, given `known`
@@ -301,6 +326,29 @@ mod tests {
     }
 
     #[test]
+    fn the_ejection_cap_spares_breakers_past_the_ratio() {
+        let tally = Tally::default();
+        let breaker = ConsecutiveFailures::default().build();
+        let (a, b) = (EndpointState::default(), EndpointState::default());
+        assert!(tally.may_eject(3, 0.5), "one of three");
+        a.set(BREAKER_OPEN, true, &tally);
+        assert!(!tally.may_eject(3, 0.5), "a second would be two of three");
+        assert!(!tally.may_eject(1, 0.5), "a lone instance is never ejected");
+        b.set(BREAKER_SPARED, true, &tally);
+        // Spared: eligible although its breaker refuses permits.
+        let open = ConsecutiveFailures::new(1).build();
+        let p = open.try_acquire().0.unwrap();
+        open.record(p, false);
+        assert!(!open.is_available());
+        assert!(b.admits(Panic::Off, &*open));
+        assert!(b.causes(&*open).is_empty());
+        assert!(!a.admits(Panic::Off, &*open));
+        assert!(b.admits(Panic::Off, &*breaker));
+        assert_eq!(tally.counts().ejected, 1);
+        assert_eq!(tally.panic(3, 0.5), Panic::Off);
+    }
+
+    #[test]
     fn unreachable_endpoints_are_never_admitted_and_leave_the_panic_ratio() {
         let tally = Tally::default();
         let breaker = ConsecutiveFailures::default().build();
@@ -309,16 +357,24 @@ mod tests {
         dead.set(UNREACHABLE, true, &tally);
         dead.set(BREAKER_OPEN, true, &tally);
         open.set(BREAKER_OPEN, true, &tally);
-        assert!(!dead.admits(true, &*breaker), "not even in panic mode");
+        assert!(
+            !dead.admits(Panic::All, &*breaker),
+            "not even in panic mode"
+        );
         // Reachable: two; statistically ejected among them: one.
-        assert!(!tally.panic(3, 0.5));
+        assert_eq!(tally.panic(3, 0.5), Panic::Off);
         assert_eq!(tally.unreachable(), 1);
         let change = dead.set(UNREACHABLE, false, &tally);
         assert!(change.cleared(UNREACHABLE));
-        assert!(
+        assert_eq!(
             tally.panic(3, 0.5),
+            Panic::Breaker,
             "now two of three reachable are ejected"
         );
+        let sick = EndpointState::default();
+        sick.set(UNHEALTHY, true, &tally);
+        assert!(!sick.admits(Panic::Breaker, &*breaker));
+        assert!(sick.admits(Panic::All, &*breaker));
         assert!(!dead.set(UNREACHABLE, false, &tally).cleared(UNREACHABLE));
     }
 }

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use metrics::Gauge;
 
-use super::eligibility::{Change, BREAKER_OPEN, UNHEALTHY, UNREACHABLE};
+use super::eligibility::{Change, BREAKER_OPEN, BREAKER_SPARED, UNHEALTHY, UNREACHABLE};
 use super::endpoint::EndpointCore;
 use super::{reconnect, Shared};
 use crate::breaker::{BreakerState, Transition};
@@ -93,14 +93,24 @@ impl Shared {
     /// metrics and events.
     pub(crate) fn on_transition(self: &Arc<Self>, core: &Arc<EndpointCore>, t: Transition) {
         if t.to == BreakerState::Open {
-            core.state.set(BREAKER_OPEN, true, &self.tally);
             ClientCounters::incr(&self.counters.breaker_trips);
-            tracing::warn!(service = %self.service, instance = %core.id, from = %t.from,
-                "circuit breaker opened: instance ejected");
+            let known = self.snapshot.load().endpoints.len();
+            if self.tally.may_eject(known, self.config.max_ejection_ratio) {
+                core.state.set(BREAKER_OPEN, true, &self.tally);
+                tracing::warn!(service = %self.service, instance = %core.id, from = %t.from,
+                    "circuit breaker opened: instance ejected");
+            } else {
+                core.state.set(BREAKER_SPARED, true, &self.tally);
+                tracing::warn!(service = %self.service, instance = %core.id, from = %t.from,
+                    max_ejection_ratio = self.config.max_ejection_ratio,
+                    "circuit breaker opened, but ejecting one more instance would pass the \
+                     maximum ejection ratio: it keeps taking calls");
+            }
             spawn_expiry(Arc::downgrade(self), Arc::downgrade(core));
         } else {
             if t.from == BreakerState::Open {
-                core.state.set(BREAKER_OPEN, false, &self.tally);
+                core.state
+                    .set(BREAKER_OPEN | BREAKER_SPARED, false, &self.tally);
             }
             tracing::info!(service = %self.service, instance = %core.id, from = %t.from,
                 to = %t.to, "circuit breaker state changed");
