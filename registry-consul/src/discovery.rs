@@ -123,10 +123,13 @@ pub(crate) struct Warnings {
 }
 
 impl Warnings {
-    /// Looks at one answer's headers; warns the first time.
-    pub(crate) fn check<T>(&self, service: &str, answer: &Indexed<T>, blocking: bool) {
+    /// Looks at one answer's headers; warns the first time. Returns how
+    /// many warnings it logged.
+    pub(crate) fn check<T>(&self, service: &str, answer: &Indexed<T>, blocking: bool) -> usize {
         use std::sync::atomic::Ordering::Relaxed;
+        let mut logged = 0;
         if answer.filtered_by_acls && !self.filtered.swap(true, Relaxed) {
+            logged += 1;
             tracing::warn!(
                 %service,
                 "Consul filtered the answer by ACLs (X-Consul-Results-Filtered-By-ACLs): \
@@ -135,12 +138,14 @@ impl Warnings {
             );
         }
         if blocking && answer.index.is_none() && !self.no_index.swap(true, Relaxed) {
+            logged += 1;
             tracing::warn!(
                 %service,
                 "Consul sent no X-Consul-Index (a proxy in between?): blocking queries \
                  cannot work, polling with backoff instead"
             );
         }
+        logged
     }
 }
 
@@ -254,7 +259,80 @@ impl Watch {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use futures_util::StreamExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
+    use crate::config::ConsulConfig;
+
+    #[test]
+    fn warns_once_per_kind() {
+        let w = Warnings::default();
+        let answer = |index, filtered| Indexed {
+            value: (),
+            index,
+            filtered_by_acls: filtered,
+        };
+        assert_eq!(w.check("s", &answer(Some(3), false), true), 0);
+        assert_eq!(
+            w.check("s", &answer(None, false), false),
+            0,
+            "one-shot reads have no index to keep"
+        );
+        assert_eq!(w.check("s", &answer(None, true), true), 2);
+        assert_eq!(w.check("s", &answer(None, true), true), 0, "once");
+    }
+
+    /// A fake agent answering every request with an empty list, no
+    /// `X-Consul-Index` and the ACL-filtered header; counts requests.
+    async fn unindexed_agent() -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&count);
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let counter = Arc::clone(&counter);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match conn.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        buf.drain(..end);
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let reply = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                                     X-Consul-Results-Filtered-By-ACLs: true\r\n\
+                                     Content-Length: 2\r\n\r\n[]";
+                        if conn.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}"), count)
+    }
+
+    #[tokio::test]
+    async fn a_missing_index_backs_off_instead_of_spinning() {
+        let (address, count) = unindexed_agent().await;
+        let client = ConsulClient::new(&ConsulConfig::from_address(address)).unwrap();
+        let mut w = watch(client, "web".into(), None);
+        assert_eq!(w.next().await.unwrap().unwrap(), vec![]);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let queries = count.load(Ordering::SeqCst);
+        // At one query per 50 ms it would be about 60.
+        assert!((2..=15).contains(&queries), "{queries} queries in 3 s");
+    }
 
     #[test]
     fn index_rules() {
