@@ -13,13 +13,15 @@
 //!                 |        (backoff while it fails)     |   TTL check unknown)
 //!                 |                                     +-- another nonce --> Superseded
 //!                 |                                          (task ends, entry left alone)
-//!                 +-- stop(Deregister) --> round in progress ends --> deregister if ours --> end
-//!                 +-- stop(Abandon) -----> round in progress ends ----------------------> end
+//!                 +-- stop(Deregister) --> recovery in progress ends --> deregister if ours --> end
+//!                 +-- stop(Abandon) -----> recovery in progress ends ----------------------> end
 //! ```
 //!
-//! A stop never cancels a round half-way: a registration sent to the agent
-//! just before the stop is always followed by the deregistration, so a
-//! shutdown racing a recovery leaves nothing behind.
+//! A stop never cancels a recovery half-way: a registration sent to the
+//! agent just before the stop is always followed by the deregistration, so a
+//! shutdown racing a recovery leaves nothing behind. (A renewal creates
+//! nothing, so a stop cuts it short: a hung agent delays a shutdown by the
+//! deregistration timeout only.)
 
 use std::future::Future;
 use std::pin::Pin;
@@ -135,11 +137,16 @@ impl Keeper {
                 mode = stop.stopped() => return self.stop(mode).await,
                 () = tokio::time::sleep(delay) => {}
             }
-            // Not raced against the stop: see the module docs.
+            // A recovery is not raced against the stop (see the module
+            // docs); a renewal creates nothing and may be cut short.
             let outcome = if lost {
                 self.restore().await
             } else {
-                self.renew().await
+                tokio::select! {
+                    biased;
+                    mode = stop.stopped() => return self.stop(mode).await,
+                    outcome = self.renew() => outcome,
+                }
             };
             (lost, delay) = match outcome {
                 Outcome::Alive => {

@@ -171,7 +171,7 @@
 //! [`Registration::shutdown`] deregisters the service if the agent still
 //! holds *this* registration, within [`ConsulConfig::deregister_timeout`]
 //! (3 s by default, so a hung agent does not hold a stopping server; the
-//! entry then expires with its checks). A round in progress is finished
+//! entry then expires with its checks). A recovery in progress is finished
 //! before, so a shutdown racing a recovery leaves nothing behind.
 //! [`Registration::abandon`] just stops renewing. (Consul offers no
 //! compare-and-delete for agent services: a newer process registering in

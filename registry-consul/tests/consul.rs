@@ -540,3 +540,32 @@ async fn a_registered_server_is_passing_at_once() {
     println!("passing {:?} after registering", registered.elapsed());
     reg.shutdown().await.expect("shutdown");
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_gives_up_on_a_hung_agent_after_the_deregistration_timeout() {
+    let agent = ConsulAgent::start().await;
+    let registry = ConsulRegistry::new(
+        agent
+            .config()
+            .with_deregister_timeout(Duration::from_secs(1)),
+    )
+    .expect("config");
+    let svc = service("hung");
+    let reg = registry
+        .register(
+            instance(&svc, "a", 7901),
+            RegisterOptions::default().with_ttl(Duration::from_secs(30)),
+        )
+        .await
+        .expect("register");
+    agent.pause();
+    let started = Instant::now();
+    let result = reg.shutdown().await;
+    let took = started.elapsed();
+    agent.resume();
+    let err = result.expect_err("a hung agent cannot deregister");
+    assert!(matches!(err, RegistryError::Unavailable(_)), "{err}");
+    // The blocking-query request timeout (15 s) would be far longer.
+    assert!(took < Duration::from_secs(8), "shutdown took {took:?}");
+}

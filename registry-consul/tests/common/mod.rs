@@ -425,8 +425,31 @@ impl ConsulAgent {
         }
     }
 
+    /// Freezes the agent (SIGSTOP): it accepts connections but answers
+    /// nothing, like a hung agent.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a paused agent run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {pid}");
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
             let _ = child.kill();
             let _ = child.wait();
         }
