@@ -112,6 +112,9 @@
 //! service name: ten nodes each running `web` are ten instances
 //! (`web@node-1`, ...), not one. If two nodes hold the same fyerrpc id (two
 //! processes given the same `--id`), both are kept, as `<id>@<node>` each.
+//! [`Registry::deregister`](fyerrpc::Registry::deregister) takes an instance
+//! as it was registered (service, version and fyerrpc id) and removes it
+//! from the configured agent.
 //!
 //! Reading is lenient, so services registered by other tools (for example
 //! `consul services register -name=web -address=10.0.0.5 -port=80`) are
