@@ -15,6 +15,22 @@ pub fn positive_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// Parses a registration TTL: a duration the registries accept
+/// ([`fyerrpc::registry::MIN_TTL`] to [`fyerrpc::registry::MAX_TTL`]).
+pub fn ttl(s: &str) -> Result<Duration, String> {
+    use fyerrpc::registry::{MAX_TTL, MIN_TTL};
+    let d = duration(s)?;
+    if (MIN_TTL..=MAX_TTL).contains(&d) {
+        Ok(d)
+    } else {
+        Err(format!(
+            "must be between {} and {}",
+            humantime::format_duration(MIN_TTL),
+            humantime::format_duration(MAX_TTL)
+        ))
+    }
+}
+
 /// Parses a probability in `0..=1`.
 pub fn rate(s: &str) -> Result<f64, String> {
     let r: f64 = s
@@ -59,6 +75,10 @@ mod tests {
         assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(duration("10").is_err());
         assert!(positive_duration("0s").is_err());
+        assert_eq!(ttl("3s"), Ok(Duration::from_secs(3)));
+        for bad in ["0s", "1ns", "999ms", "25h", "x"] {
+            assert!(ttl(bad).is_err(), "{bad}");
+        }
         assert_eq!(rate("0.1"), Ok(0.1));
         for bad in ["-0.1", "1.5", "NaN", "x", "inf"] {
             assert!(rate(bad).is_err(), "{bad}");

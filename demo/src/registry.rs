@@ -10,6 +10,8 @@ use fyerrpc_registry_static::{StaticError, StaticRegistry};
 pub const DEFAULT_ETCD_ADDR: &str = "http://127.0.0.1:2379";
 /// Default Consul agent address.
 pub const DEFAULT_CONSUL_ADDR: &str = "http://127.0.0.1:8500";
+/// Default Consul agent address with `--consul-https`.
+pub const DEFAULT_CONSUL_HTTPS_ADDR: &str = "https://127.0.0.1:8501";
 
 /// Which registry backend to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -73,6 +75,39 @@ pub struct RegistryArgs {
     /// Consul datacenter.
     #[arg(long)]
     pub consul_datacenter: Option<String>,
+    /// Talk HTTPS to the Consul agent (an address without a scheme, and the
+    /// default address, become https://...:8501).
+    #[arg(long, env = "CONSUL_HTTP_SSL")]
+    pub consul_https: bool,
+    /// PEM file of the CA that signed the Consul agent's certificate
+    /// [default: the system's roots].
+    #[arg(long, env = "CONSUL_CACERT")]
+    pub consul_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate for a Consul agent with verify_incoming (with
+    /// --consul-key).
+    #[arg(long, env = "CONSUL_CLIENT_CERT", requires = "consul_key")]
+    pub consul_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --consul-cert.
+    #[arg(long, env = "CONSUL_CLIENT_KEY", requires = "consul_cert")]
+    pub consul_key: Option<std::path::PathBuf>,
+    /// Name to verify the Consul agent's certificate against [default: the
+    /// address's host].
+    #[arg(long, env = "CONSUL_TLS_SERVER_NAME")]
+    pub consul_tls_server_name: Option<String>,
+}
+
+impl RegistryArgs {
+    /// The Consul agent address these flags name: `--registry-addr` (with
+    /// `https://` added under `--consul-https` when it has no scheme), or
+    /// the default for the scheme.
+    pub fn consul_address(&self) -> String {
+        match (&self.registry_addr, self.consul_https) {
+            (Some(a), true) if !a.contains("://") => format!("https://{a}"),
+            (Some(a), _) => a.clone(),
+            (None, true) => DEFAULT_CONSUL_HTTPS_ADDR.to_owned(),
+            (None, false) => DEFAULT_CONSUL_ADDR.to_owned(),
+        }
+    }
 }
 
 /// Why a registry could not be set up.
@@ -156,9 +191,20 @@ async fn etcd(_args: &RegistryArgs) -> Result<Arc<dyn Registry>, RegistrySetupEr
 
 #[cfg(feature = "consul")]
 async fn consul(args: &RegistryArgs) -> Result<Arc<dyn Registry>, RegistrySetupError> {
-    use fyerrpc_registry_consul::{ConsulConfig, ConsulRegistry};
-    let addr = args.registry_addr.as_deref().unwrap_or(DEFAULT_CONSUL_ADDR);
-    let mut config = ConsulConfig::from_address(addr);
+    use fyerrpc_registry_consul::{ConsulConfig, ConsulRegistry, TlsConfig};
+    let addr = args.consul_address();
+    let mut config = ConsulConfig::from_address(addr.as_str());
+    let mut tls = TlsConfig::default();
+    if let Some(ca) = &args.consul_ca {
+        tls = tls.with_ca_file(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&args.consul_cert, &args.consul_key) {
+        tls = tls.with_client_cert(cert.clone(), key.clone());
+    }
+    if let Some(name) = &args.consul_tls_server_name {
+        tls = tls.with_server_name(name.clone());
+    }
+    config = config.with_tls(tls);
     if let Some(token) = &args.consul_token {
         config = config.with_token(token.clone());
     }
@@ -167,7 +213,7 @@ async fn consul(args: &RegistryArgs) -> Result<Arc<dyn Registry>, RegistrySetupE
     }
     let registry = ConsulRegistry::new(config).map_err(|e| RegistrySetupError::Connect {
         kind: "consul",
-        addr: addr.to_owned(),
+        addr: addr.clone(),
         reason: crate::error_chain(&e),
     })?;
     Ok(Arc::new(registry))
@@ -193,6 +239,18 @@ mod tests {
             .is_err());
         let empty = open(&RegistryArgs::default(), "S", None).await.unwrap();
         assert!(empty.discover("S", None).await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn consul_addresses_follow_the_https_flag() {
+        let mut args = RegistryArgs::default();
+        assert_eq!(args.consul_address(), DEFAULT_CONSUL_ADDR);
+        args.consul_https = true;
+        assert_eq!(args.consul_address(), DEFAULT_CONSUL_HTTPS_ADDR);
+        args.registry_addr = Some("consul.local:8501".into());
+        assert_eq!(args.consul_address(), "https://consul.local:8501");
+        args.registry_addr = Some("http://consul.local:8500".into());
+        assert_eq!(args.consul_address(), "http://consul.local:8500");
     }
 
     #[cfg(not(feature = "etcd"))]

@@ -9,16 +9,21 @@ use serde::de::DeserializeOwned;
 
 use crate::config::{ConfigError, ConsulConfig};
 use crate::transport::{encode, ApiError, BaseUri, Call, Reply, Transport};
-use crate::wire::{go_duration, CheckStatus, ServiceEntry, ServiceRegistration};
+use crate::wire::{go_duration, AgentService, CheckStatus, ServiceEntry, ServiceRegistration};
 
 /// A value read with a blocking query, and the `X-Consul-Index` to pass to
 /// the next one.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Indexed<T> {
     /// The value.
     pub value: T,
-    /// The index Consul reported (0 if it sent none).
-    pub index: u64,
+    /// The index Consul reported (`None` if it sent no valid
+    /// `X-Consul-Index`, e.g. through a proxy that drops it).
+    pub index: Option<u64>,
+    /// Whether the ACL token kept Consul from returning some results
+    /// (`X-Consul-Results-Filtered-By-ACLs`): the answer may be partial.
+    pub filtered_by_acls: bool,
 }
 
 /// A thin typed client of one Consul agent's HTTP API.
@@ -39,7 +44,12 @@ impl ConsulClient {
         config.validate()?;
         let base = BaseUri::parse(&config.address)?;
         Ok(Self {
-            transport: Transport::new(base, config.token.as_deref(), config.request_timeout)?,
+            transport: Transport::new(
+                base,
+                config.token.as_deref(),
+                config.request_timeout,
+                &config.tls,
+            )?,
             datacenter: config.datacenter.clone(),
             wait: config.wait,
         })
@@ -98,10 +108,24 @@ impl ConsulClient {
 
     /// `GET /v1/agent/service/<id>`: whether the agent knows the service.
     pub async fn agent_has_service(&self, id: &str) -> Result<bool, ApiError> {
+        Ok(self.agent_service(id).await?.is_some())
+    }
+
+    /// `GET /v1/agent/service/<id>`: the agent's definition of a service
+    /// (`None` when it does not know it).
+    pub async fn agent_service(&self, id: &str) -> Result<Option<AgentService>, ApiError> {
         let path = format!("/v1/agent/service/{}", encode(id));
+        let uri = path.clone();
         match self.transport.send(Call::new(Method::GET, path)).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.status() == Some(404) => Ok(false),
+            Ok(reply) => {
+                serde_json::from_slice(&reply.body)
+                    .map(Some)
+                    .map_err(|e| ApiError::Decode {
+                        uri,
+                        reason: e.to_string(),
+                    })
+            }
+            Err(e) if e.status() == Some(404) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -142,14 +166,19 @@ impl ConsulClient {
             call = call.query("dc", dc.clone());
         }
         let path = call.path.clone();
-        let Reply { index, body } = self.transport.send(call).await?;
+        let Reply {
+            index,
+            filtered_by_acls,
+            body,
+        } = self.transport.send(call).await?;
         let value = serde_json::from_slice(&body).map_err(|e| ApiError::Decode {
             uri: path,
             reason: e.to_string(),
         })?;
         Ok(Indexed {
             value,
-            index: index.unwrap_or(0),
+            index,
+            filtered_by_acls,
         })
     }
 }

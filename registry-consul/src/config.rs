@@ -1,5 +1,6 @@
 //! [`ConsulConfig`]: where the Consul agent is and how to talk to it.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Default HTTP address of the local Consul agent.
@@ -12,8 +13,16 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(10);
 /// Default timeout of one HTTP request (above [`DEFAULT_WAIT`] plus Consul's
 /// jitter, so that blocking queries can run their full wait).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
-/// Default interval of the optional HTTP check.
-pub const DEFAULT_HTTP_INTERVAL: Duration = Duration::from_secs(10);
+/// Default interval of the optional HTTP check: a process that stopped
+/// answering fails it within this long (its timeout is the same, capped at
+/// [`MAX_HTTP_TIMEOUT`]).
+pub const DEFAULT_HTTP_INTERVAL: Duration = Duration::from_secs(2);
+/// Longest timeout of one HTTP check poll.
+pub const MAX_HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default timeout of the deregistration at shutdown: short, so that a hung
+/// agent does not hold a stopping server (the entry then expires with its
+/// checks).
+pub const DEFAULT_DEREGISTER_TIMEOUT: Duration = Duration::from_secs(3);
 /// Default `DeregisterCriticalServiceAfter`: Consul's minimum (its reaper runs
 /// every 30 seconds, so removal happens up to half a minute later).
 pub const DEFAULT_DEREGISTER_CRITICAL_AFTER: Duration = Duration::from_secs(60);
@@ -21,7 +30,7 @@ pub const DEFAULT_DEREGISTER_CRITICAL_AFTER: Duration = Duration::from_secs(60);
 /// Why a [`ConsulConfig`] was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    /// The address is not an `http://host:port[/path]` URI.
+    /// The address is not an `http[s]://host:port[/path]` URI.
     #[error("invalid Consul address {address:?}: {reason}")]
     InvalidAddress {
         /// The rejected address.
@@ -43,6 +52,9 @@ pub enum ConfigError {
     /// A duration that must be positive is zero.
     #[error("{0} must be positive")]
     ZeroDuration(&'static str),
+    /// A TLS file could not be read, or holds no usable certificate or key.
+    #[error("Consul TLS: {0}")]
+    Tls(String),
     /// The token or datacenter holds characters that cannot be sent.
     #[error("invalid {field}: {reason}")]
     InvalidValue {
@@ -86,6 +98,58 @@ impl Default for CheckConfig {
     }
 }
 
+/// TLS to the Consul agent's HTTPS port: which CA to trust, the client
+/// certificate to present (agents with `verify_incoming`), and the name to
+/// check the agent's certificate against. The counterparts of Consul's own
+/// `CONSUL_CACERT`, `CONSUL_CLIENT_CERT`, `CONSUL_CLIENT_KEY` and
+/// `CONSUL_TLS_SERVER_NAME`.
+///
+/// Used when the address is `https://...`.
+///
+/// ```
+/// use fyerrpc_registry_consul::{ConsulConfig, TlsConfig};
+///
+/// let tls = TlsConfig::default()
+///     .with_ca_file("/etc/consul.d/consul-agent-ca.pem")
+///     .with_client_cert("/etc/consul.d/client.pem", "/etc/consul.d/client-key.pem")
+///     .with_server_name("localhost");
+/// let config = ConsulConfig::from_address("https://127.0.0.1:8501").with_tls(tls);
+/// assert!(config.validate().is_ok()); // the files are read when the client is built
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct TlsConfig {
+    /// PEM file of the CA(s) that signed the agent's certificate. The
+    /// system's roots when `None`.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain, presented to the agent.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of [`cert_file`](Self::cert_file).
+    pub key_file: Option<PathBuf>,
+    /// Name the agent's certificate must hold; the address's host when
+    /// `None`.
+    pub server_name: Option<String>,
+}
+
+impl TlsConfig {
+    /// Trusts the CA(s) in this PEM file instead of the system's roots.
+    pub fn with_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self
+    }
+    /// Presents this client certificate (PEM chain and PEM key).
+    pub fn with_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.cert_file = Some(cert.into());
+        self.key_file = Some(key.into());
+        self
+    }
+    /// Checks the agent's certificate against this name.
+    pub fn with_server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = Some(name.into());
+        self
+    }
+}
+
 /// How to reach Consul. Build it with [`ConsulConfig::from_address`] or
 /// [`Default`] and the `with_*` methods.
 ///
@@ -103,9 +167,12 @@ impl Default for CheckConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ConsulConfig {
-    /// The agent's HTTP API, `http://host:port` (a path prefix is kept; a
-    /// missing scheme means `http`). Default [`DEFAULT_ADDRESS`].
+    /// The agent's HTTP API, `http://host:port` or `https://host:port` (a
+    /// path prefix is kept; a missing scheme means `http`). Default
+    /// [`DEFAULT_ADDRESS`].
     pub address: String,
+    /// TLS settings for an `https` address (ignored for `http`).
+    pub tls: TlsConfig,
     /// ACL token, sent as `X-Consul-Token` on every request.
     pub token: Option<String>,
     /// Datacenter of catalog and health queries (`?dc=`); the agent's own
@@ -117,6 +184,10 @@ pub struct ConsulConfig {
     /// Timeout of one HTTP request; must exceed `wait + wait/16` (Consul adds
     /// up to wait/16 of jitter). Default [`DEFAULT_REQUEST_TIMEOUT`].
     pub request_timeout: Duration,
+    /// Timeout of the deregistration at shutdown (and of
+    /// [`Registry::deregister`](fyerrpc::Registry::deregister)). Default
+    /// [`DEFAULT_DEREGISTER_TIMEOUT`].
+    pub deregister_timeout: Duration,
     /// Health checks attached to registrations.
     pub check: CheckConfig,
 }
@@ -129,6 +200,8 @@ impl Default for ConsulConfig {
             datacenter: None,
             wait: DEFAULT_WAIT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            tls: TlsConfig::default(),
+            deregister_timeout: DEFAULT_DEREGISTER_TIMEOUT,
             check: CheckConfig::default(),
         }
     }
@@ -164,6 +237,16 @@ impl ConsulConfig {
         self.request_timeout = timeout;
         self
     }
+    /// Sets the TLS settings (for an `https` address).
+    pub fn with_tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = tls;
+        self
+    }
+    /// Sets the timeout of deregistrations.
+    pub fn with_deregister_timeout(mut self, timeout: Duration) -> Self {
+        self.deregister_timeout = timeout;
+        self
+    }
     /// Sets the health checks.
     pub fn with_check(mut self, check: CheckConfig) -> Self {
         self.check = check;
@@ -182,6 +265,15 @@ impl ConsulConfig {
                 wait: self.wait,
             });
         }
+        if self.deregister_timeout.is_zero() {
+            return Err(ConfigError::ZeroDuration("deregister_timeout"));
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err(ConfigError::Tls(
+                "a client certificate needs its key, and a key its certificate".into(),
+            ));
+        }
+        check_value("tls server name", self.tls.server_name.as_deref())?;
         if self.check.http_interval.is_zero() {
             return Err(ConfigError::ZeroDuration("http check interval"));
         }
@@ -249,8 +341,15 @@ mod tests {
 
     #[test]
     fn rejects_bad_values() {
+        assert!(ConsulConfig::from_address("https://h:8501")
+            .validate()
+            .is_ok());
+        let half = TlsConfig {
+            cert_file: Some("c.pem".into()),
+            ..TlsConfig::default()
+        };
+        assert!(ConsulConfig::default().with_tls(half).validate().is_err());
         for bad in [
-            "https://h:8501",
             "ftp://h",
             "http://",
             "http://h:notaport",

@@ -57,62 +57,129 @@
 //!   `wait` and the request timeout are separate options and the
 //!   configuration refuses a timeout that would cut a blocking query short;
 //! * the endpoints needed are few (six) and stable since Consul 1.3, so a
-//!   typed wrapper is small, adds no dependency, and gives one error type
+//!   typed wrapper is small (hyper-rustls adds HTTPS), and gives one error type
 //!   ([`ApiError`]) with the distinctions the keeper needs ("unknown check"
 //!   means the agent lost the registration).
 //!
-//! Only plain `http` is spoken: Consul's model is a local agent on every
-//! host, reached on its client address, which talks to the servers (over
-//! TLS if configured). `https` addresses are refused with a clear error.
+//! ## HTTPS
+//!
+//! An `https://` address speaks TLS (rustls, the stack tonic already brings)
+//! to the agent's HTTPS port. [`TlsConfig`] names the CA to trust (the
+//! system's roots by default), the client certificate and key for agents with
+//! `verify_incoming`, and the name to check the agent's certificate against
+//! (the counterparts of `CONSUL_CACERT`, `CONSUL_CLIENT_CERT`,
+//! `CONSUL_CLIENT_KEY` and `CONSUL_TLS_SERVER_NAME`). The files are read when
+//! the registry is built, so a missing or broken file is a [`ConfigError`].
+//!
+//! ```no_run
+//! use fyerrpc_registry_consul::{ConsulConfig, ConsulRegistry, TlsConfig};
+//!
+//! let tls = TlsConfig::default()
+//!     .with_ca_file("/etc/consul.d/consul-agent-ca.pem")
+//!     .with_client_cert("/etc/consul.d/dc1-client-consul-0.pem",
+//!                       "/etc/consul.d/dc1-client-consul-0-key.pem");
+//! let registry = ConsulRegistry::new(
+//!     ConsulConfig::from_address("https://127.0.0.1:8501").with_tls(tls),
+//! )?;
+//! # Ok::<(), fyerrpc_registry_consul::ConfigError>(())
+//! ```
 //!
 //! ## How an instance is stored
 //!
 //! | instance | Consul service |
 //! |---|---|
-//! | id | `ID` (unique on the agent) |
+//! | service, version, id | `ID` = `<service>:<version>:<id>` ([`service_id`]): a service id is unique per agent only, so it is qualified |
+//! | id | `Meta.fyerrpc_id` |
 //! | service | `Name` |
 //! | host, port | `Address`, `Port` (an empty `Address` reads as the node's) |
 //! | version | `Meta.version`, and a tag equal to the version (so DNS `v1.GreetService.service.consul` works) |
 //! | weight | `Meta.weight` and `Weights.Passing` (`Weights.Warning` = 1) |
 //! | status | `Meta.status`: `enabled` or `disabled` |
 //! | metadata | `Meta`; the `tags` metadata (comma separated) also becomes `Tags` |
+//! | (the registration) | `Meta.fyerrpc_nonce`: a random value of each registration |
 //!
 //! Consul accepts meta keys matching `[A-Za-z0-9_-]{1,64}`, values up to
 //! 512 bytes, at most 64 pairs, and reserves the `consul-` prefix; metadata
-//! that breaks these rules (or reuses `version`, `weight`, `status`) is left
-//! out of the registration with a warning.
+//! that breaks these rules (or reuses `version`, `weight`, `status`,
+//! `fyerrpc_id`, `fyerrpc_nonce`) is left out of the registration with a
+//! warning.
+//!
+//! ## Identity across the datacenter
+//!
+//! A discovered instance's id is its `Meta.fyerrpc_id`. Services registered
+//! by other tools have none; their id is `<service id>@<node>`, because a
+//! Consul service id is unique on one agent only and most often is just the
+//! service name: ten nodes each running `web` are ten instances
+//! (`web@node-1`, ...), not one. If two nodes hold the same fyerrpc id (two
+//! processes given the same `--id`), both are kept, as `<id>@<node>` each.
+//! [`Registry::deregister`](fyerrpc::Registry::deregister) takes an instance
+//! as it was registered (service, version and fyerrpc id) and removes it
+//! from the configured agent.
 //!
 //! Reading is lenient, so services registered by other tools (for example
 //! `consul services register -name=web -address=10.0.0.5 -port=80`) are
-//! found: a missing version reads as `v1`; a missing weight as
-//! `Weights.Passing`, unless that is Consul's default `{1, 1}`, then as 100.
-//! A malformed version, weight or status is ignored (the default applies)
-//! and an entry that cannot be an instance at all (bad id, no address, no
-//! port) is skipped; both are logged once per watch and counted in
-//! [`metrics::INVALID_ENTRIES_TOTAL`].
+//! found: the version is `Meta.version`, else a `version=X` (or `version:X`)
+//! tag, else the one tag that looks like a version (`v2`, `v1.4.0`), else
+//! `v1`; a missing weight reads as `Weights.Passing`, unless that is Consul's
+//! default `{1, 1}`, then as 100. A malformed version, weight or status is
+//! ignored (the default applies) and an entry that cannot be an instance at
+//! all (bad id, no address, no port) is skipped; both are logged once per
+//! watch and counted in [`metrics::INVALID_ENTRIES_TOTAL`].
 //!
 //! ## Health checks and the registration's life
 //!
 //! [`register`](fyerrpc::Registry::register) registers the service on the
 //! agent with:
 //!
-//! * a TTL check `service:<id>` of [`RegisterOptions::ttl`], initially
-//!   passing, that the returned [`Registration`] passes every TTL/3: if the
-//!   process dies the check turns critical after the TTL and the instance
-//!   leaves the passing set (switch off with [`CheckConfig::ttl_check`]);
-//! * optionally an HTTP check `service:<id>:http` that the agent polls
-//!   itself, at [`RegisterOptions::health_url`] or [`CheckConfig::http_url`]
-//!   every [`CheckConfig::http_interval`] (it starts critical, so the
-//!   instance shows once the first poll passed);
+//! * a TTL check `service:<service id>` of [`RegisterOptions::ttl`] that the
+//!   returned [`Registration`] passes every TTL/3: if the process dies the
+//!   check turns critical after the TTL and the instance leaves the passing
+//!   set (switch off with [`CheckConfig::ttl_check`]);
+//! * optionally an HTTP check `service:<service id>:http` that the agent
+//!   polls itself, at [`RegisterOptions::health_url`] or
+//!   [`CheckConfig::http_url`] every [`CheckConfig::http_interval`] (2 s by
+//!   default, with a timeout of the same, at most 5 s);
 //! * `DeregisterCriticalServiceAfter` on every check, so the agent removes a
 //!   dead instance altogether.
 //!
-//! When the agent answers a TTL pass with "unknown check" (it restarted and
-//! forgot the service, or someone deregistered it), the registration
-//! registers the service again, with backoff while the agent is down, and
-//! counts it in [`metrics::REREGISTRATIONS_TOTAL`].
-//! [`Registration::shutdown`] deregisters; [`Registration::abandon`] just
-//! stops renewing.
+//! Every check starts **passing**: a server registers once it is ready, so
+//! it is in `/v1/health/service/<name>?passing` (and in every watch) as soon
+//! as `register` returns. A registration with no check at all (TTL check
+//! off and no health URL) would stay passing after its process died, so it
+//! is refused with [`RegistryError::InvalidArgument`](fyerrpc::RegistryError::InvalidArgument).
+//!
+//! **How long a crashed instance stays visible**: with the TTL check, at
+//! most the TTL (the last pass was at most TTL/3 before the crash, so
+//! between 2/3 of the TTL and the TTL); with an HTTP check, at most one
+//! HTTP interval plus its timeout if the process no longer answers (a
+//! refused connection fails at once). It then stays in the catalog, as
+//! critical and so invisible to discovery, until
+//! `DeregisterCriticalServiceAfter` (1 minute by default, plus up to 30 s
+//! for Consul's reaper). A process that shuts down cleanly deregisters at
+//! once.
+//!
+//! Each round of the keeper (every TTL/3) first asks the agent for the
+//! service (`GET /v1/agent/service/<id>`) and compares the nonce in its
+//! `Meta` with its own, following the
+//! [registry contract](fyerrpc::Registry#the-life-of-a-registration):
+//!
+//! * its own: the TTL check is passed;
+//! * none (the agent restarted and forgot it, someone deregistered it): the
+//!   service is registered again at once, with backoff while the agent is
+//!   down, and counted in [`metrics::REREGISTRATIONS_TOTAL`];
+//! * another nonce (a newer process registered the same service, version
+//!   and id on this agent, e.g. during a quick restart): the keeper stands
+//!   down, and its shutdown leaves the newer registration alone.
+//!
+//! [`Registration::shutdown`] deregisters the service if the agent still
+//! holds *this* registration, within [`ConsulConfig::deregister_timeout`]
+//! (3 s by default, so a hung agent does not hold a stopping server; the
+//! entry then expires with its checks). A recovery in progress is finished
+//! before, so a shutdown racing a recovery leaves nothing behind.
+//! [`Registration::abandon`] just stops renewing. (Consul offers no
+//! compare-and-delete for agent services: a newer process registering in
+//! the instant between the check and the deregistration loses its entry,
+//! and its keeper puts it back within its keep-alive period.)
 //!
 //! ## Discovery
 //!
@@ -124,13 +191,17 @@
 //! backwards step starts over from 0, an index of 0 is raised to 1, and any
 //! failed query starts over, since the agent may have restarted), backs off
 //! on errors (reporting each as an `Err` item), and yields the whole set
-//! first and after each change.
+//! first and after each change. An answer without `X-Consul-Index` (a proxy
+//! that drops it) cannot block: the watch warns once and polls with backoff
+//! (up to every 2 s) instead of asking again at once.
 //!
 //! The ACL token goes in `X-Consul-Token` on every request; the datacenter
 //! (`?dc=`) applies to health and catalog reads (agent endpoints always act
 //! on the configured agent). Consul answers a read the token may not see
-//! with an empty set rather than an error; a write it may not make fails
-//! with [`RegistryError::Refused`](fyerrpc::RegistryError::Refused).
+//! with an empty (or partial) set rather than an error, marked with
+//! `X-Consul-Results-Filtered-By-ACLs`: that is logged once as a warning. A
+//! write the token may not make fails with
+//! [`RegistryError::Refused`](fyerrpc::RegistryError::Refused).
 //!
 //! [`RegisterOptions::ttl`]: fyerrpc::RegisterOptions::ttl
 //! [`RegisterOptions::health_url`]: fyerrpc::RegisterOptions::health_url
@@ -152,11 +223,13 @@ pub mod wire;
 
 pub use client::{ConsulClient, Indexed};
 pub use codec::{
-    http_check_id, ttl_check_id, METADATA_TAGS, META_STATUS, META_VERSION, META_WEIGHT,
+    http_check_id, service_id, ttl_check_id, METADATA_TAGS, META_ID, META_NONCE, META_STATUS,
+    META_VERSION, META_WEIGHT,
 };
 pub use config::{
-    CheckConfig, ConfigError, ConsulConfig, DEFAULT_ADDRESS, DEFAULT_DEREGISTER_CRITICAL_AFTER,
-    DEFAULT_HTTP_INTERVAL, DEFAULT_REQUEST_TIMEOUT, DEFAULT_WAIT,
+    CheckConfig, ConfigError, ConsulConfig, TlsConfig, DEFAULT_ADDRESS,
+    DEFAULT_DEREGISTER_CRITICAL_AFTER, DEFAULT_DEREGISTER_TIMEOUT, DEFAULT_HTTP_INTERVAL,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_WAIT, MAX_HTTP_TIMEOUT,
 };
 pub use registry::ConsulRegistry;
 pub use transport::ApiError;

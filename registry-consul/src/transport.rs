@@ -1,7 +1,9 @@
-//! Plain HTTP/1.1 requests to the Consul HTTP API over hyper: base URI, ACL
-//! header, timeouts, size limit, and the error type of every call.
+//! HTTP/1.1 requests to the Consul HTTP API over hyper, plain or over TLS
+//! (rustls): base URI, ACL header, timeouts, size limit, and the error type
+//! of every call.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,11 +11,14 @@ use fyerrpc::RegistryError;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, TlsConfig};
 
 /// Largest response body accepted (a health listing of a big service).
 const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -107,12 +112,14 @@ impl From<ApiError> for RegistryError {
 /// The scheme, authority and path prefix of the Consul HTTP API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct BaseUri {
+    https: bool,
     authority: String,
     prefix: String,
 }
 
 impl BaseUri {
-    /// Parses `http://host[:port][/prefix]`; a missing scheme means `http`.
+    /// Parses `http[s]://host[:port][/prefix]`; a missing scheme means
+    /// `http`.
     pub(crate) fn parse(address: &str) -> Result<Self, ConfigError> {
         let invalid = |reason: &str| ConfigError::InvalidAddress {
             address: address.to_owned(),
@@ -126,16 +133,11 @@ impl BaseUri {
         let uri: Uri = full
             .parse()
             .map_err(|e: http::uri::InvalidUri| invalid(&e.to_string()))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(invalid(
-                    "https is not supported: talk to the local Consul agent over http \
-                     (its client address), which forwards to the servers over TLS",
-                ))
-            }
-            _ => return Err(invalid("the scheme must be http")),
-        }
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(invalid("the scheme must be http or https")),
+        };
         let authority = uri
             .authority()
             .filter(|a| !a.host().is_empty())
@@ -154,14 +156,21 @@ impl BaseUri {
             return Err(invalid("a query string is not allowed"));
         }
         Ok(Self {
+            https,
             authority: authority.as_str().to_owned(),
             prefix: uri.path().trim_end_matches('/').to_owned(),
         })
     }
 
+    /// Whether the API is reached over TLS.
+    pub(crate) fn is_https(&self) -> bool {
+        self.https
+    }
+
     /// The URI of `path` (starting with `/`) with `query` pairs, encoded.
     fn uri(&self, path: &str, query: &[(&str, String)]) -> String {
-        let mut s = format!("http://{}{}{}", self.authority, self.prefix, path);
+        let scheme = if self.https { "https" } else { "http" };
+        let mut s = format!("{scheme}://{}{}{}", self.authority, self.prefix, path);
         for (i, (k, v)) in query.iter().enumerate() {
             s.push(if i == 0 { '?' } else { '&' });
             s.push_str(k);
@@ -187,10 +196,11 @@ pub(crate) fn encode(s: &str) -> String {
     out
 }
 
-/// One answer: status, `X-Consul-Index` and body.
+/// One answer: `X-Consul-Index`, whether ACLs filtered it, and the body.
 #[derive(Debug)]
 pub(crate) struct Reply {
     pub(crate) index: Option<u64>,
+    pub(crate) filtered_by_acls: bool,
     pub(crate) body: Bytes,
 }
 
@@ -225,10 +235,75 @@ impl<'a> Call<'a> {
 /// Sends requests to one Consul agent; cheap to clone (pooled connections).
 #[derive(Debug, Clone)]
 pub(crate) struct Transport {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     base: BaseUri,
     token: Option<HeaderValue>,
     timeout: Duration,
+}
+
+/// The rustls client configuration of `tls`: its CA (or the system's
+/// roots), its client certificate if any.
+fn tls_client_config(tls: &TlsConfig) -> Result<rustls::ClientConfig, ConfigError> {
+    let fail = |what: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
+        ConfigError::Tls(format!("{what} {}: {e}", path.display()))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| fail("cannot read the CA file", path, &e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| fail("invalid PEM in the CA file", path, &e))?;
+            if certs.is_empty() {
+                return Err(ConfigError::Tls(format!(
+                    "no certificate in the CA file {}",
+                    path.display()
+                )));
+            }
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| fail("unusable CA certificate in", path, &e))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for error in &found.errors {
+                tracing::warn!(%error, "cannot load a system root certificate");
+            }
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(ConfigError::Tls(
+                    "no CA file given and no system root certificates found".into(),
+                ));
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::Tls(e.to_string()))?
+        .with_root_certificates(roots);
+    match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| fail("cannot read the client certificate", cert, &e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| fail("invalid PEM in the client certificate", cert, &e))?;
+            if chain.is_empty() {
+                return Err(ConfigError::Tls(format!(
+                    "no certificate in {}",
+                    cert.display()
+                )));
+            }
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| fail("cannot read a private key from", key, &e))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| ConfigError::Tls(format!("client certificate and key: {e}")))
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
 }
 
 impl Transport {
@@ -236,6 +311,7 @@ impl Transport {
         base: BaseUri,
         token: Option<&str>,
         timeout: Duration,
+        tls: &TlsConfig,
     ) -> Result<Self, ConfigError> {
         let token = token
             .map(|t| {
@@ -250,6 +326,34 @@ impl Transport {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.enforce_http(false);
+        // Plain HTTP needs no TLS setup (and no system roots).
+        let tls_config = if base.is_https() {
+            tls_client_config(tls)?
+        } else {
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ConfigError::Tls(e.to_string()))?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+        };
+        let builder = HttpsConnectorBuilder::new().with_tls_config(tls_config);
+        let builder = if base.is_https() {
+            builder.https_only()
+        } else {
+            builder.https_or_http()
+        };
+        let builder = match &tls.server_name {
+            Some(name) => {
+                let name = ServerName::try_from(name.clone())
+                    .map_err(|e| ConfigError::Tls(format!("invalid server name {name:?}: {e}")))?;
+                builder.with_server_name_resolver(FixedServerNameResolver::new(name))
+            }
+            None => builder,
+        };
+        let connector = builder.enable_http1().wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
@@ -302,6 +406,11 @@ impl Transport {
             .get("X-Consul-Index")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
+        let filtered_by_acls = response
+            .headers()
+            .get("X-Consul-Results-Filtered-By-ACLs")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
         let body = Limited::new(response.into_body(), MAX_BODY)
             .collect()
             .await
@@ -310,7 +419,11 @@ impl Transport {
         if !status.is_success() {
             return Err(status_error(uri, status, &body));
         }
-        Ok(Reply { index, body })
+        Ok(Reply {
+            index,
+            filtered_by_acls,
+            body,
+        })
     }
 }
 
@@ -350,7 +463,9 @@ mod tests {
             b.uri("/v1/x", &[("passing", String::new()), ("dc", "d c".into())]),
             "http://consul.local:8500/api/v1/x?passing&dc=d%20c"
         );
-        assert!(BaseUri::parse("https://h:8501").is_err());
+        let b = BaseUri::parse("https://h:8501").unwrap();
+        assert!(b.is_https());
+        assert_eq!(b.uri("/v1/x", &[]), "https://h:8501/v1/x");
         assert!(BaseUri::parse("http://h:1?x=1").is_err());
     }
 

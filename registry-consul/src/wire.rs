@@ -47,6 +47,9 @@ pub struct CheckDefinition {
     /// Interval of an HTTP check.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interval: Option<String>,
+    /// Timeout of one HTTP check poll.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
     /// Initial status (`passing`, `warning`, `critical`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
@@ -119,6 +122,20 @@ pub struct Service {
     pub meta: Option<BTreeMap<String, String>>,
     /// Weights.
     pub weights: Option<Weights>,
+}
+
+/// The answer of `GET /v1/agent/service/<id>`: the agent's own definition
+/// of one service (the fields this crate reads).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AgentService {
+    /// Service id.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Service name.
+    pub service: String,
+    /// Metadata (`null` when none).
+    pub meta: Option<BTreeMap<String, String>>,
 }
 
 /// A check in a health entry.

@@ -14,7 +14,7 @@ use fyerrpc::registry::{RegisterOptions, WatchStream};
 use fyerrpc::{Instance, Registry, RegistryError};
 use fyerrpc_registry_consul::metrics::{INVALID_ENTRIES_TOTAL, REREGISTRATIONS_TOTAL};
 use fyerrpc_registry_consul::wire::CheckStatus;
-use fyerrpc_registry_consul::{ttl_check_id, CheckConfig, ConsulRegistry};
+use fyerrpc_registry_consul::{service_id, ttl_check_id, CheckConfig, ConsulRegistry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -103,13 +103,14 @@ async fn changes_reach_a_watcher_within_one_second() {
     watch_until(&mut w, &["a", "b"], PROPAGATION).await;
 
     let client = registry.client();
+    let a_check = ttl_check_id(&service_id(&instance(&svc, "a", 7001)));
     client
-        .update_ttl_check(&ttl_check_id("a"), CheckStatus::Critical)
+        .update_ttl_check(&a_check, CheckStatus::Critical)
         .await
         .expect("fail a's check");
     watch_until(&mut w, &["b"], PROPAGATION).await;
     client
-        .update_ttl_check(&ttl_check_id("a"), CheckStatus::Passing)
+        .update_ttl_check(&a_check, CheckStatus::Passing)
         .await
         .expect("pass a's check");
     watch_until(&mut w, &["a", "b"], PROPAGATION).await;
@@ -137,9 +138,14 @@ async fn services_registered_with_the_cli_are_discovered() {
             "-port=9901",
         ])
         .await;
-    let set = watch_until(&mut w, &[svc.as_str()], PROPAGATION).await;
+    let cli_id = format!("{svc}@{}", agent.node());
+    let set = watch_until(&mut w, &[cli_id.as_str()], PROPAGATION).await;
     let found = &set[0];
-    assert_eq!(found.id(), svc, "the CLI's id defaults to the name");
+    assert_eq!(
+        found.id(),
+        cli_id,
+        "the CLI's id defaults to the name, qualified by the node"
+    );
     assert_eq!(found.address(), "127.0.0.1:9901");
     assert_eq!(found.weight(), 100, "default weight");
     assert_eq!(found.version(), "v1", "default version");
@@ -159,8 +165,9 @@ async fn services_registered_with_the_cli_are_discovered() {
             "-meta=zone=z9",
         ])
         .await;
-    let set = watch_until(&mut w, &["odd", svc.as_str()], PROPAGATION).await;
-    let odd = set.iter().find(|i| i.id() == "odd").expect("odd listed");
+    let odd_id = format!("odd@{}", agent.node());
+    let set = watch_until(&mut w, &[odd_id.as_str(), cli_id.as_str()], PROPAGATION).await;
+    let odd = set.iter().find(|i| i.id() == odd_id).expect("odd listed");
     assert_eq!(odd.weight(), 100, "a malformed weight is ignored");
     assert_eq!(odd.meta("zone"), Some("z9"));
     assert!(
@@ -169,7 +176,7 @@ async fn services_registered_with_the_cli_are_discovered() {
     );
 
     agent.cli(&["services", "deregister", "-id=odd"]).await;
-    watch_until(&mut w, &[svc.as_str()], PROPAGATION).await;
+    watch_until(&mut w, &[cli_id.as_str()], PROPAGATION).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,6 +188,7 @@ async fn registered_instances_are_listed_by_the_cli_as_passing() {
         .with_weight(30)
         .expect("weight")
         .with_metadata("tags", "grpc,blue");
+    let consul_id = service_id(&inst);
     let reg = registry
         .register(inst, RegisterOptions::default())
         .await
@@ -209,7 +217,11 @@ async fn registered_instances_are_listed_by_the_cli_as_passing() {
     let entries: serde_json::Value =
         serde_json::from_str(&watched).expect("JSON from consul watch");
     let entry = &entries[0];
-    assert_eq!(entry["Service"]["ID"], "server-a", "{watched}");
+    assert_eq!(entry["Service"]["ID"], consul_id.as_str(), "{watched}");
+    assert_eq!(
+        entry["Service"]["Meta"]["fyerrpc_id"], "server-a",
+        "{watched}"
+    );
     assert_eq!(entry["Service"]["Port"], 7101);
     assert_eq!(entry["Service"]["Weights"]["Passing"], 30);
     assert_eq!(entry["Service"]["Meta"]["version"], "v1");
@@ -218,7 +230,7 @@ async fn registered_instances_are_listed_by_the_cli_as_passing() {
     assert!(
         checks
             .iter()
-            .any(|c| c["CheckID"] == "service:server-a" && c["Type"] == "ttl"),
+            .any(|c| c["CheckID"] == ttl_check_id(&consul_id).as_str() && c["Type"] == "ttl"),
         "the TTL check is there: {watched}"
     );
 
@@ -277,8 +289,8 @@ async fn the_http_check_follows_the_health_url() {
         )
         .await
         .expect("register");
-    // The HTTP check starts critical and passes after its first poll.
-    watch_until(&mut w, &["a"], Duration::from_secs(5)).await;
+    // The HTTP check starts passing: the instance shows at once.
+    watch_until(&mut w, &["a"], PROPAGATION).await;
     healthy.store(false, Ordering::SeqCst);
     watch_until(&mut w, &[], Duration::from_secs(5)).await;
     healthy.store(true, Ordering::SeqCst);
@@ -292,9 +304,10 @@ async fn registration_comes_back_after_the_agent_restarts() {
     let mut agent = ConsulAgent::start().await;
     let registry = agent.registry();
     let svc = service("restart");
+    let phoenix = instance(&svc, "phoenix", 7301);
     let reg = registry
         .register(
-            instance(&svc, "phoenix", 7301),
+            phoenix.clone(),
             RegisterOptions::default().with_ttl(Duration::from_secs(3)),
         )
         .await
@@ -310,7 +323,7 @@ async fn registration_comes_back_after_the_agent_restarts() {
     let deadline = Instant::now() + Duration::from_secs(15);
     while !registry
         .client()
-        .agent_has_service("phoenix")
+        .agent_has_service(&service_id(&phoenix))
         .await
         .unwrap_or(false)
     {
@@ -358,4 +371,201 @@ async fn the_acl_token_and_datacenter_are_sent() {
         .expect_err("an unknown datacenter is an error");
     assert!(err.to_string().contains("datacenter"), "{err}");
     reg.shutdown().await.expect("shutdown");
+}
+
+/// The `(id, address)` pairs of a set, sorted.
+fn pairs(set: &[Instance]) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = set
+        .iter()
+        .map(|i| (i.id().to_owned(), i.address().to_owned()))
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_service_id_on_two_nodes_is_two_instances() {
+    let agent = ConsulAgent::start().await;
+    let registry = agent.registry();
+    let svc = service("two-nodes");
+    // The common case: each node registers `web` without an id of its own;
+    // and a fyerrpc id that two nodes happen to share.
+    for (node, address, meta) in [
+        ("node-a", "127.0.0.11", ""),
+        ("node-b", "127.0.0.12", ""),
+        ("node-a", "127.0.0.11", r#","Meta":{"fyerrpc_id":"x"}"#),
+        ("node-b", "127.0.0.12", r#","Meta":{"fyerrpc_id":"x"}"#),
+    ] {
+        let id = if meta.is_empty() { "web" } else { "fx" };
+        let port = if meta.is_empty() { 80 } else { 81 };
+        let body = format!(
+            r#"{{"Node":"{node}","Address":"{address}","Service":{{"ID":"{id}","Service":"{svc}","Port":{port}{meta}}}}}"#
+        );
+        assert_eq!(
+            agent.put("/v1/catalog/register", &body).await,
+            200,
+            "{body}"
+        );
+    }
+    let want = vec![
+        ("web@node-a".to_owned(), "127.0.0.11:80".to_owned()),
+        ("web@node-b".to_owned(), "127.0.0.12:80".to_owned()),
+        ("x@node-a".to_owned(), "127.0.0.11:81".to_owned()),
+        ("x@node-b".to_owned(), "127.0.0.12:81".to_owned()),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = pairs(&registry.discover(&svc, None).await.expect("discover"));
+        if got == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "discover = {got:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut w = registry.watch(&svc, None).await.expect("watch");
+    let set = watch_until(
+        &mut w,
+        &["web@node-a", "web@node-b", "x@node-a", "x@node-b"],
+        PROPAGATION,
+    )
+    .await;
+    assert_eq!(pairs(&set), want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_id_in_two_services_on_one_agent() {
+    let agent = ConsulAgent::start().await;
+    let registry = agent.registry();
+    let (svc_a, svc_b) = (service("greet"), service("user"));
+    let options = RegisterOptions::default().with_ttl(Duration::from_secs(3));
+    let a = registry
+        .register(instance(&svc_a, "pod-7", 7501), options.clone())
+        .await
+        .expect("register A");
+    let b = registry
+        .register(instance(&svc_b, "pod-7", 7502), options.clone())
+        .await
+        .expect("register B");
+    discover_until(&registry, &svc_a, &["pod-7"], PROPAGATION).await;
+    discover_until(&registry, &svc_b, &["pod-7"], PROPAGATION).await;
+    // Both keepers run a few rounds: neither takes the other's place.
+    tokio::time::sleep(options.keepalive_period() * 3).await;
+    assert!(a.is_active() && b.is_active(), "both still kept");
+    a.shutdown().await.expect("shut A down");
+    discover_until(&registry, &svc_a, &[], PROPAGATION).await;
+    tokio::time::sleep(options.keepalive_period() * 2).await;
+    let left = registry.discover(&svc_b, None).await.expect("discover B");
+    assert_eq!(ids(&left), ["pod-7"], "B survives A's shutdown");
+    assert!(b.is_active());
+    b.shutdown().await.expect("shut B down");
+    discover_until(&registry, &svc_b, &[], PROPAGATION).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_process_leaves_the_new_ones_registration() {
+    let agent = ConsulAgent::start().await;
+    // Two registries: two processes with the same instance id, as during a
+    // quick restart.
+    let (old_process, new_process) = (agent.registry(), agent.registry());
+    let svc = service("restarted");
+    let options = RegisterOptions::default().with_ttl(Duration::from_secs(3));
+    let old = old_process
+        .register(instance(&svc, "server-1", 7601), options.clone())
+        .await
+        .expect("old registers");
+    discover_until(&old_process, &svc, &["server-1"], PROPAGATION).await;
+    let new = new_process
+        .register(instance(&svc, "server-1", 7602), options.clone())
+        .await
+        .expect("new registers");
+    let deadline = Instant::now() + options.keepalive_period() * 3 + PROPAGATION;
+    while old.is_active() {
+        assert!(
+            Instant::now() < deadline,
+            "the old keeper did not stand down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let set = new_process.discover(&svc, None).await.expect("discover");
+    assert_eq!(pairs(&set), [("server-1".into(), "127.0.0.1:7602".into())]);
+    old.shutdown().await.expect("old shuts down");
+    tokio::time::sleep(options.keepalive_period()).await;
+    let set = new_process.discover(&svc, None).await.expect("discover");
+    assert_eq!(
+        pairs(&set),
+        [("server-1".into(), "127.0.0.1:7602".into())],
+        "the old process's shutdown left the new registration"
+    );
+    assert!(new.is_active());
+    new.shutdown().await.expect("new shuts down");
+    discover_until(&new_process, &svc, &[], PROPAGATION).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_server_is_passing_at_once() {
+    let agent = ConsulAgent::start().await;
+    // Default checks: a TTL check and an HTTP check at the default interval.
+    let registry = agent.registry();
+    let healthy = Arc::new(AtomicBool::new(true));
+    let url = health_endpoint(healthy).await;
+    let svc = service("visible");
+    let client = registry.client().clone();
+    let reg = registry
+        .register(
+            instance(&svc, "fresh", 7701),
+            RegisterOptions::default()
+                .with_ttl(Duration::from_secs(3))
+                .with_health_url(url),
+        )
+        .await
+        .expect("register");
+    let registered = Instant::now();
+    loop {
+        let passing = client
+            .health_service(&svc, true, None)
+            .await
+            .expect("health");
+        if !passing.value.is_empty() {
+            break;
+        }
+        assert!(
+            registered.elapsed() < Duration::from_secs(1),
+            "not passing within 1 s of registering"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("passing {:?} after registering", registered.elapsed());
+    reg.shutdown().await.expect("shutdown");
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_gives_up_on_a_hung_agent_after_the_deregistration_timeout() {
+    let agent = ConsulAgent::start().await;
+    let registry = ConsulRegistry::new(
+        agent
+            .config()
+            .with_deregister_timeout(Duration::from_secs(1)),
+    )
+    .expect("config");
+    let svc = service("hung");
+    let reg = registry
+        .register(
+            instance(&svc, "a", 7901),
+            RegisterOptions::default().with_ttl(Duration::from_secs(30)),
+        )
+        .await
+        .expect("register");
+    agent.pause();
+    let started = Instant::now();
+    let result = reg.shutdown().await;
+    let took = started.elapsed();
+    agent.resume();
+    let err = result.expect_err("a hung agent cannot deregister");
+    assert!(matches!(err, RegistryError::Unavailable(_)), "{err}");
+    // The blocking-query request timeout (15 s) would be far longer.
+    assert!(took < Duration::from_secs(8), "shutdown took {took:?}");
 }

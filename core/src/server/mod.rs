@@ -145,6 +145,7 @@ pub struct Lifecycle {
     reporter: Option<HealthReporter>,
     services: Vec<String>,
     flag: Option<HealthFlag>,
+    background: bool,
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -156,6 +157,7 @@ impl std::fmt::Debug for Lifecycle {
             .field("lame_duck", &self.lame_duck)
             .field("services", &self.services)
             .field("flag", &self.flag)
+            .field("background", &self.background)
             .finish_non_exhaustive()
     }
 }
@@ -173,7 +175,18 @@ impl Lifecycle {
             reporter: None,
             services: Vec::new(),
             flag: None,
+            background: false,
         }
+    }
+
+    /// Registers in the background
+    /// ([`register_in_background`](crate::registry::register_in_background)):
+    /// the server starts serving even while the registry is down, and the
+    /// registration is retried with backoff, logged, until it succeeds.
+    /// Off by default: a registry that is down at start-up is an error.
+    pub fn register_in_background(mut self, on: bool) -> Self {
+        self.background = on;
+        self
     }
 
     /// How to register (TTL, health URL).
@@ -256,16 +269,29 @@ impl Lifecycle {
         tracing::info!(instance = %self.instance, listen = %local, "serving");
         let mirror = self.start_health().await;
 
-        let registration = tokio::select! {
-            registered = self.registry.register(self.instance.clone(), self.options.clone()) => {
-                registered.map_err(|source| ServeError::Register {
-                    instance: self.instance.to_string(),
-                    source,
-                })?
-            }
-            ended = &mut server => return Err(ended_early(ended)),
+        let register_error = |source| ServeError::Register {
+            instance: self.instance.to_string(),
+            source,
         };
-        tracing::info!(instance = %self.instance, ttl = ?self.options.ttl, "registered");
+        let registration = if self.background {
+            let registration = crate::registry::register_in_background(
+                Arc::clone(&self.registry),
+                self.instance.clone(),
+                self.options.clone(),
+            )
+            .map_err(register_error)?;
+            tracing::info!(instance = %self.instance, ttl = ?self.options.ttl, "registering in the background");
+            registration
+        } else {
+            let registration = tokio::select! {
+                registered = self.registry.register(self.instance.clone(), self.options.clone()) => {
+                    registered.map_err(register_error)?
+                }
+                ended = &mut server => return Err(ended_early(ended)),
+            };
+            tracing::info!(instance = %self.instance, ttl = ?self.options.ttl, "registered");
+            registration
+        };
 
         let mut shutdown = pin!(shutdown);
         let ended = tokio::select! {

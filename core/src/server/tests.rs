@@ -175,32 +175,34 @@ async fn mirrors_the_health_flag() {
     assert!(timeout(LIMIT, run.task).await.unwrap().unwrap().is_ok());
 }
 
+/// A registry that is down.
+struct Refusing;
+#[async_trait::async_trait]
+impl Registry for Refusing {
+    async fn register(
+        &self,
+        _: Instance,
+        _: RegisterOptions,
+    ) -> Result<Registration, RegistryError> {
+        Err(RegistryError::Unavailable("down".into()))
+    }
+    async fn deregister(&self, _: &Instance) -> Result<(), RegistryError> {
+        Ok(())
+    }
+    async fn discover(&self, _: &str, _: Option<&str>) -> Result<Vec<Instance>, RegistryError> {
+        Ok(vec![])
+    }
+    async fn watch(
+        &self,
+        _: &str,
+        _: Option<&str>,
+    ) -> Result<crate::registry::WatchStream, RegistryError> {
+        Err(RegistryError::Unavailable("down".into()))
+    }
+}
+
 #[tokio::test]
 async fn fails_without_serving_when_registration_fails() {
-    struct Refusing;
-    #[async_trait::async_trait]
-    impl Registry for Refusing {
-        async fn register(
-            &self,
-            _: Instance,
-            _: RegisterOptions,
-        ) -> Result<Registration, RegistryError> {
-            Err(RegistryError::Unavailable("down".into()))
-        }
-        async fn deregister(&self, _: &Instance) -> Result<(), RegistryError> {
-            Ok(())
-        }
-        async fn discover(&self, _: &str, _: Option<&str>) -> Result<Vec<Instance>, RegistryError> {
-            Ok(vec![])
-        }
-        async fn watch(
-            &self,
-            _: &str,
-            _: Option<&str>,
-        ) -> Result<crate::registry::WatchStream, RegistryError> {
-            Err(RegistryError::Unavailable("down".into()))
-        }
-    }
     let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let address = listener.local_addr().unwrap();
     let instance = Instance::new("s1", "Svc", address.to_string()).unwrap();
@@ -212,4 +214,40 @@ async fn fails_without_serving_when_registration_fails() {
     let err = result.unwrap_err();
     assert!(matches!(err, ServeError::Register { .. }), "{err}");
     assert!(tokio::net::TcpStream::connect(address).await.is_err());
+}
+
+#[tokio::test]
+async fn serves_while_the_registry_is_down_when_registering_in_the_background() {
+    let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let instance = Instance::new("s1", "Svc", address.clone()).unwrap();
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let router = tonic::transport::Server::builder().add_service(health);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(
+        Lifecycle::new(Arc::new(Refusing), instance)
+            .health(reporter, ["Svc"])
+            .register_in_background(true)
+            .drain_timeout(Duration::from_secs(1))
+            .serve(router, listener, stopped),
+    );
+    let mut client = timeout(LIMIT, async {
+        loop {
+            if let Ok(channel) = tonic::transport::Channel::from_shared(format!("http://{address}"))
+                .unwrap()
+                .connect()
+                .await
+            {
+                return HealthClient::new(channel);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(check(&mut client, "Svc").await, Wire::Serving as i32);
+    drop(client);
+    stop.send(()).unwrap();
+    let stopped = timeout(LIMIT, task).await.unwrap().unwrap().unwrap();
+    assert!(stopped.deregister_error.is_none());
 }

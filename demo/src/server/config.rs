@@ -44,9 +44,13 @@ pub struct ServerArgs {
     /// HTTP port for /health, /status and /metrics [default: port+10000].
     #[arg(long)]
     pub health_port: Option<u16>,
-    /// How long the registration outlives a stopped keep-alive.
-    #[arg(long, default_value = "10s", value_parser = flags::positive_duration)]
+    /// How long the registration outlives a stopped keep-alive (1s to 24h).
+    #[arg(long, default_value = "10s", value_parser = flags::ttl)]
     pub ttl: Duration,
+    /// Start serving even if the registry is down, and register in the
+    /// background, retrying with backoff (logged) until it succeeds.
+    #[arg(long, env = "FYERRPC_REGISTER_IN_BACKGROUND")]
+    pub register_in_background: bool,
     /// How long in-flight calls may take to finish at shutdown.
     #[arg(long, default_value = "10s", value_parser = flags::duration)]
     pub drain_timeout: Duration,
@@ -134,7 +138,9 @@ mod tests {
         assert_eq!(a.health_port(), Ok(18001));
         assert_eq!(a.fail_duration, Duration::from_secs(10));
         assert_eq!(a.registry.registry, crate::registry::RegistryKind::Static);
-        let a = parse(&["--port", "0"]).unwrap();
+        assert!(!a.register_in_background);
+        let a = parse(&["--port", "0", "--register-in-background"]).unwrap();
+        assert!(a.register_in_background);
         assert_eq!(a.health_port(), Ok(0));
         assert_eq!(
             a.advertised("0.0.0.0:4242".parse().unwrap()),
@@ -151,6 +157,8 @@ mod tests {
             &["--fail-duration", "0s"],
             &["--port", "70000"],
             &["--ttl", "0s"],
+            &["--ttl", "1ns"],
+            &["--ttl", "1000d"],
             &["--registry", "zookeeper"],
             &["--fail-after", "-3"],
         ] {

@@ -162,6 +162,7 @@ impl BoundServer {
             .register_options(options)
             .health(reporter, [SERVICE_NAME])
             .health_flag(flag)
+            .register_in_background(self.args.register_in_background)
             .drain_timeout(self.args.drain_timeout)
             .lame_duck(self.args.lame_duck)
             .serve(router, self.grpc, shutdown)

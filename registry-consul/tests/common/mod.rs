@@ -9,8 +9,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use fyerrpc_registry_consul::{ConsulClient, ConsulConfig, ConsulRegistry};
+use fyerrpc_registry_consul::{ConsulClient, ConsulConfig, ConsulRegistry, TlsConfig};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long an agent may take to elect itself and list its node.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -78,6 +82,7 @@ pub fn counter(name: &str) -> u64 {
 #[derive(Debug, Clone, Copy)]
 struct Ports {
     http: u16,
+    https: u16,
     serf_lan: u16,
     serf_wan: u16,
     server: u16,
@@ -102,10 +107,74 @@ impl Ports {
         };
         Self {
             http: take(false),
+            https: take(false),
             serf_lan: take(true),
             serf_wan: take(true),
             server: take(false),
         }
+    }
+}
+
+/// PEM files of a test CA, the agent's certificate and a client's.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TlsFiles {
+    /// A fresh CA, a certificate for `localhost` / 127.0.0.1 /
+    /// `server.dc1.consul` (the agent) and a client certificate, in `dir`.
+    pub fn generate(dir: &Path) -> Self {
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "fyerrpc test CA");
+        let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
+        let issuer = Issuer::from_params(&ca, &ca_key);
+        let leaf = |names: &[&str], usages: Vec<ExtendedKeyUsagePurpose>| {
+            let key = KeyPair::generate().expect("key");
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let mut params = CertificateParams::new(names.clone()).expect("params");
+            params
+                .distinguished_name
+                .push(DnType::CommonName, &names[0]);
+            params.extended_key_usages = usages;
+            let cert = params.signed_by(&key, &issuer).expect("certificate");
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(
+            &["localhost", "server.dc1.consul", "127.0.0.1"],
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        );
+        let (client_cert, client_key) = leaf(
+            &["fyerrpc-client"],
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
+        );
+        let files = Self {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server-key.pem"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client-key.pem"),
+        };
+        for (path, pem) in [
+            (&files.ca, ca_cert.pem()),
+            (&files.server_cert, server_cert),
+            (&files.server_key, server_key),
+            (&files.client_cert, client_cert),
+            (&files.client_key, client_key),
+        ] {
+            std::fs::write(path, pem).expect("write PEM");
+        }
+        files
     }
 }
 
@@ -115,22 +184,29 @@ pub struct ConsulAgent {
     dir: PathBuf,
     ports: Ports,
     token: Option<String>,
+    tls: Option<TlsFiles>,
     child: Option<Child>,
 }
 
 impl ConsulAgent {
     /// An agent without ACLs.
     pub async fn start() -> Self {
-        Self::launch(None).await
+        Self::launch(None, false).await
     }
 
     /// An agent enforcing ACLs (default deny) with `master` as its
     /// management token.
     pub async fn start_with_acl(master: &str) -> Self {
-        Self::launch(Some(master.to_owned())).await
+        Self::launch(Some(master.to_owned()), false).await
     }
 
-    async fn launch(token: Option<String>) -> Self {
+    /// An agent that also serves HTTPS, requiring client certificates
+    /// (`verify_incoming`), with certificates of a fresh test CA.
+    pub async fn start_with_tls() -> Self {
+        Self::launch(None, true).await
+    }
+
+    async fn launch(token: Option<String>, tls: bool) -> Self {
         init_tracing();
         let dir = std::env::temp_dir().join(format!(
             "fyerrpc-consul-{}-{:08x}",
@@ -138,11 +214,13 @@ impl ConsulAgent {
             fastrand::u32(..)
         ));
         std::fs::create_dir_all(&dir).expect("create the agent's directory");
+        let tls = tls.then(|| TlsFiles::generate(&dir));
         let mut agent = Self {
             bin: consul_bin(),
             dir,
             ports: Ports::pick(),
             token,
+            tls,
             child: None,
         };
         // Free ports can be taken by someone else before consul binds them.
@@ -162,11 +240,22 @@ impl ConsulAgent {
 
     fn config_file(&self) -> String {
         let p = self.ports;
+        let https = if self.tls.is_some() {
+            i32::from(p.https)
+        } else {
+            -1
+        };
         let mut hcl = format!(
             "ports {{\n  http = {}\n  serf_lan = {}\n  serf_wan = {}\n  server = {}\n  \
-             dns = -1\n  grpc = -1\n  https = -1\n}}\n",
+             dns = -1\n  grpc = -1\n  https = {https}\n}}\n",
             p.http, p.serf_lan, p.serf_wan, p.server
         );
+        if let Some(tls) = &self.tls {
+            hcl.push_str(&format!(
+                "ca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\nverify_incoming = true\n",
+                tls.ca, tls.server_cert, tls.server_key
+            ));
+        }
         if let Some(token) = &self.token {
             hcl.push_str(&format!(
                 "primary_datacenter = \"dc1\"\nacl {{\n  enabled = true\n  \
@@ -192,7 +281,7 @@ impl ConsulAgent {
                 "127.0.0.1",
             ])
             .arg("-node")
-            .arg(format!("fyerrpc-test-{}", self.ports.http))
+            .arg(self.node())
             .arg("-config-file")
             .arg(&config)
             .stdin(Stdio::null())
@@ -227,6 +316,60 @@ impl ConsulAgent {
     /// `http://127.0.0.1:<port>` of the agent's HTTP API.
     pub fn address(&self) -> String {
         format!("http://127.0.0.1:{}", self.ports.http)
+    }
+
+    /// `https://127.0.0.1:<port>` of the agent's HTTPS API (TLS agents).
+    pub fn https_address(&self) -> String {
+        format!("https://127.0.0.1:{}", self.ports.https)
+    }
+
+    /// The certificates of a TLS agent.
+    pub fn tls_files(&self) -> &TlsFiles {
+        self.tls.as_ref().expect("a TLS agent")
+    }
+
+    /// A configuration for the HTTPS API, trusting the test CA, checking the
+    /// name `localhost`, with the client certificate if `client_cert`.
+    pub fn https_config(&self, client_cert: bool) -> ConsulConfig {
+        let files = self.tls_files();
+        let mut tls = TlsConfig::default()
+            .with_ca_file(files.ca.clone())
+            .with_server_name("localhost");
+        if client_cert {
+            tls = tls.with_client_cert(files.client_cert.clone(), files.client_key.clone());
+        }
+        ConsulConfig::from_address(self.https_address()).with_tls(tls)
+    }
+
+    /// The agent's node name.
+    pub fn node(&self) -> String {
+        format!("fyerrpc-test-{}", self.ports.http)
+    }
+
+    /// Sends `PUT <path>` with a JSON body to the plain HTTP API and returns
+    /// the status code (a raw request, for endpoints the crate does not use).
+    pub async fn put(&self, path: &str, body: &str) -> u16 {
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", self.ports.http))
+            .await
+            .expect("connect to the agent");
+        let mut request = format!(
+            "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n",
+            body.len()
+        );
+        if let Some(token) = &self.token {
+            request.push_str(&format!("X-Consul-Token: {token}\r\n"));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        conn.write_all(request.as_bytes()).await.expect("send");
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.expect("read");
+        answer
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status in {answer:?}"))
     }
 
     /// A configuration for this agent (with its management token, if any).
@@ -282,8 +425,31 @@ impl ConsulAgent {
         }
     }
 
+    /// Freezes the agent (SIGSTOP): it accepts connections but answers
+    /// nothing, like a hung agent.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a paused agent run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {pid}");
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
             let _ = child.kill();
             let _ = child.wait();
         }
