@@ -4,6 +4,12 @@
 //! [`Harness`] around its registry (connected to a real server) and calls
 //! [`run`]; each check panics with a message naming what failed.
 //!
+//! Besides registering, discovering and watching, the suite holds every
+//! backend to [the life of a registration](super::Registry#the-life-of-a-registration):
+//! absurd TTLs are refused, a live registration deleted from outside is back
+//! within its keep-alive period, a replaced registration stands down, and a
+//! shutdown leaves nothing behind.
+//!
 //! ```no_run
 //! # async fn demo(registry: std::sync::Arc<dyn fyerrpc::registry::Registry>) {
 //! use fyerrpc::registry::conformance::{run, Harness};
@@ -18,7 +24,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use super::{RegisterOptions, Registry, WatchStream};
+use super::{RegisterOptions, Registry, RegistryError, WatchStream};
 use crate::instance::Instance;
 
 /// Writes an entry that is not a valid instance under a service, the way a
@@ -91,12 +97,46 @@ fn instance(service: &str, id: &str, port: u16) -> Instance {
 
 /// Runs every check.
 pub async fn run(h: &Harness) {
+    absurd_ttls_refused(h).await;
     register_discover(h).await;
     watch_sees_add_and_remove(h).await;
     shutdown_deregisters(h).await;
     version_filter(h).await;
     ttl_expiry(h).await;
+    deleted_registration_comes_back(h).await;
+    replaced_registration_stands_down(h).await;
     invalid_entries_skipped(h).await;
+}
+
+/// Waits until `discover` returns exactly the `(id, address)` pairs `want`.
+async fn discover_addresses_until(h: &Harness, service: &str, want: &[(&str, &str)]) {
+    let mut want: Vec<(String, String)> = want
+        .iter()
+        .map(|(i, a)| (i.to_string(), a.to_string()))
+        .collect();
+    want.sort();
+    let deadline = tokio::time::Instant::now() + h.settle;
+    let mut last = Vec::new();
+    while tokio::time::Instant::now() < deadline {
+        match h.registry.discover(service, None).await {
+            Ok(set) => {
+                last = set
+                    .iter()
+                    .map(|i| (i.id().to_owned(), i.address().to_owned()))
+                    .collect::<Vec<_>>();
+                last.sort();
+                if last == want {
+                    return;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "discover failed"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "discover({service}) = {last:?}, expected {want:?} within {:?}",
+        h.settle
+    );
 }
 
 /// Waits until `discover` returns a set whose ids are `ids`.
@@ -212,12 +252,11 @@ pub async fn watch_sees_add_and_remove(h: &Harness) {
     watch_until(&mut w, &["a", "b"], h.settle).await;
     ra.shutdown().await.expect("shutdown a");
     watch_until(&mut w, &["b"], h.settle).await;
-    h.registry
-        .deregister(rb.instance())
-        .await
-        .expect("deregister b");
+    // An entry nobody keeps any more goes at once with `deregister`.
+    let b = rb.instance().clone();
+    rb.abandon().await.expect("abandon b");
+    h.registry.deregister(&b).await.expect("deregister b");
     watch_until(&mut w, &[], h.settle).await;
-    drop(rb);
 }
 
 /// `Registration::shutdown` removes the entry; deregistering an unknown
@@ -318,4 +357,123 @@ pub async fn invalid_entries_skipped(h: &Harness) {
     discover_until(h, &service, &["good", "good2"]).await;
     r.shutdown().await.expect("shutdown");
     r2.shutdown().await.expect("shutdown");
+}
+
+/// A TTL outside `MIN_TTL..=MAX_TTL` (1 ns, `Duration::MAX`, zero) is refused
+/// with [`RegistryError::InvalidArgument`], without a panic, and nothing is
+/// registered.
+pub async fn absurd_ttls_refused(h: &Harness) {
+    let service = h.service("absurd-ttl");
+    for ttl in [Duration::from_nanos(1), Duration::MAX, Duration::ZERO] {
+        let result = h
+            .registry
+            .register(
+                instance(&service, "absurd", 7701),
+                RegisterOptions::default().with_ttl(ttl),
+            )
+            .await;
+        match result {
+            Err(RegistryError::InvalidArgument(_)) => {}
+            Err(e) => panic!("a TTL of {ttl:?} must be refused as an invalid argument, not {e}"),
+            Ok(r) => {
+                let _ = r.shutdown().await;
+                panic!("a TTL of {ttl:?} must be refused");
+            }
+        }
+    }
+    let set = h.registry.discover(&service, None).await.expect("discover");
+    assert!(set.is_empty(), "a refused registration left {set:?}");
+}
+
+/// The TTL of the recovery checks: long enough that an entry put back by the
+/// keep-alive (within TTL/3 plus the settle time) cannot be mistaken for one
+/// that merely waited for its lease to run out.
+fn recovery_ttl(h: &Harness) -> Duration {
+    h.ttl.max(h.settle * 3).min(super::MAX_TTL)
+}
+
+/// A live registration whose entry is deleted from outside
+/// ([`Registry::deregister`]) is back within its keep-alive period (plus the
+/// settle time); deleted again and shut down at once, it stays away.
+pub async fn deleted_registration_comes_back(h: &Harness) {
+    let service = h.service("deleted");
+    let options = RegisterOptions::default().with_ttl(recovery_ttl(h));
+    let period = options.keepalive_period();
+    let inst = instance(&service, "phoenix", 7801);
+    let r = h
+        .registry
+        .register(inst.clone(), options.clone())
+        .await
+        .expect("register");
+    discover_until(h, &service, &["phoenix"]).await;
+    let mut w = h.registry.watch(&service, None).await.expect("watch");
+    watch_until(&mut w, &["phoenix"], h.settle).await;
+
+    h.registry.deregister(&inst).await.expect("deregister");
+    // Seen gone (unless it was back before the watch looked), then back.
+    watch_until(&mut w, &["phoenix"], period + h.settle).await;
+    discover_until(h, &service, &["phoenix"]).await;
+    assert!(r.is_active(), "the registration is still kept");
+
+    // Shutdown right after a deletion: no recovery may outlive it.
+    h.registry.deregister(&inst).await.expect("deregister");
+    r.shutdown().await.expect("shutdown");
+    discover_until(h, &service, &[]).await;
+    tokio::time::sleep(period * 2).await;
+    let set = h.registry.discover(&service, None).await.expect("discover");
+    assert!(
+        set.is_empty(),
+        "a shut-down registration came back: {set:?}"
+    );
+}
+
+/// Registering the same service and id again replaces the entry; the earlier
+/// registration does not take it back, and its shutdown leaves the newer
+/// entry in place.
+pub async fn replaced_registration_stands_down(h: &Harness) {
+    let service = h.service("replaced");
+    let options = RegisterOptions::default().with_ttl(h.ttl);
+    let period = options.keepalive_period();
+    let old = h
+        .registry
+        .register(instance(&service, "x", 7901), options.clone())
+        .await
+        .expect("register the old one");
+    discover_addresses_until(h, &service, &[("x", "127.0.0.1:7901")]).await;
+    let new = h
+        .registry
+        .register(instance(&service, "x", 7902), options.clone())
+        .await
+        .expect("register the new one");
+    discover_addresses_until(h, &service, &[("x", "127.0.0.1:7902")]).await;
+
+    // A few keep-alive periods of both keepers: the newer entry stays.
+    tokio::time::sleep(period * 3).await;
+    assert_addresses(
+        h,
+        &service,
+        "127.0.0.1:7902",
+        "the old registration took it back",
+    )
+    .await;
+    old.shutdown().await.expect("shut the old one down");
+    tokio::time::sleep(period).await;
+    assert_addresses(
+        h,
+        &service,
+        "127.0.0.1:7902",
+        "the old one's shutdown removed it",
+    )
+    .await;
+    assert!(new.is_active(), "the new registration is still kept");
+
+    new.shutdown().await.expect("shut the new one down");
+    discover_until(h, &service, &[]).await;
+}
+
+/// Asserts that `discover` lists exactly one `x`, at `address`, now.
+async fn assert_addresses(h: &Harness, service: &str, address: &str, otherwise: &str) {
+    let set = h.registry.discover(service, None).await.expect("discover");
+    let got: Vec<(&str, &str)> = set.iter().map(|i| (i.id(), i.address())).collect();
+    assert_eq!(got, [("x", address)], "{otherwise}");
 }

@@ -49,6 +49,12 @@ pub use registration::{Registration, StopMode, StopSignal};
 
 /// Default time-to-live of a registration whose keep-alive stops.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+/// Shortest TTL a backend accepts: the keep-alive runs every TTL/3, so a
+/// shorter one would keep the registry busy for nothing.
+pub const MIN_TTL: Duration = Duration::from_secs(1);
+/// Longest TTL a backend accepts: an instance whose process died stays
+/// visible for up to its TTL, and a day of that is already absurd.
+pub const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// A stream of instance sets: the current set first, then the whole new set
 /// after every change. An `Err` item reports a transient problem (the backend
@@ -125,28 +131,72 @@ impl RegisterOptions {
         self
     }
 
-    /// The TTL, checked: [`RegistryError::InvalidArgument`] when it is zero.
-    /// Backends call this before registering.
+    /// The TTL, checked: [`RegistryError::InvalidArgument`] when it is
+    /// outside [`MIN_TTL`]`..=`[`MAX_TTL`]. Every backend calls this before
+    /// registering (the conformance suite checks that they do).
     ///
     /// ```
     /// use std::time::Duration;
-    /// use fyerrpc::registry::RegisterOptions;
+    /// use fyerrpc::registry::{RegisterOptions, RegistryError};
     ///
     /// let options = RegisterOptions::default().with_ttl(Duration::from_secs(5));
     /// assert_eq!(options.checked_ttl().unwrap(), Duration::from_secs(5));
-    /// assert!(options.with_ttl(Duration::ZERO).checked_ttl().is_err());
+    /// for absurd in [Duration::ZERO, Duration::from_nanos(1), Duration::MAX] {
+    ///     let err = options.clone().with_ttl(absurd).checked_ttl().unwrap_err();
+    ///     assert!(matches!(err, RegistryError::InvalidArgument(_)));
+    /// }
     /// ```
     pub fn checked_ttl(&self) -> Result<Duration, RegistryError> {
-        if self.ttl.is_zero() {
-            return Err(RegistryError::InvalidArgument(
-                "ttl must be positive".into(),
-            ));
+        if !(MIN_TTL..=MAX_TTL).contains(&self.ttl) {
+            return Err(RegistryError::InvalidArgument(format!(
+                "ttl {:?} is outside {MIN_TTL:?}..={MAX_TTL:?}",
+                self.ttl
+            )));
         }
         Ok(self.ttl)
+    }
+
+    /// The keep-alive period of a registration with these options: TTL/3
+    /// (of the [checked](Self::checked_ttl) TTL, so at least a third of
+    /// [`MIN_TTL`]). A registration renews itself this often, and a live
+    /// registration deleted from outside is back within this period (see
+    /// [the contract](Registry#the-life-of-a-registration)).
+    pub fn keepalive_period(&self) -> Duration {
+        self.ttl.clamp(MIN_TTL, MAX_TTL) / 3
     }
 }
 
 /// A service registry: etcd, Consul, a static list, or your own.
+///
+/// # The life of a registration
+///
+/// Every backend keeps the same promises; the conformance suite
+/// (`fyerrpc::registry::conformance`, feature `testing`) checks each of
+/// them, so a custom backend is held to them too.
+///
+/// * **TTL.** [`register`](Self::register) refuses a TTL outside
+///   [`MIN_TTL`]`..=`[`MAX_TTL`] with [`RegistryError::InvalidArgument`]
+///   ([`RegisterOptions::checked_ttl`]) and registers nothing.
+/// * **Keep-alive.** While its [`Registration`] lives, the entry stays; the
+///   handle renews it every [keep-alive period](RegisterOptions::keepalive_period)
+///   (TTL/3). When the process dies (or [`Registration::abandon`] is called)
+///   the entry goes after the TTL, plus whatever the backend adds to notice
+///   it (documented per backend).
+/// * **Deleted from outside.** When the entry of a live registration is
+///   removed by someone else ([`deregister`](Self::deregister), an operator's
+///   tool, a registry that restarted and forgot it), the registration puts
+///   it back **within one keep-alive period** (plus the time the backend
+///   needs to answer). To take an instance away for good, shut its
+///   registration down.
+/// * **Replaced.** Registering the same service, version and id again (in
+///   this process or another, e.g. the next process during a quick restart)
+///   replaces the entry: the newer registration wins. The earlier handle
+///   notices within a keep-alive period, stops renewing and does not put its
+///   entry back, and its [`shutdown`](Registration::shutdown) leaves the
+///   newer entry in place.
+/// * **Shutdown.** [`Registration::shutdown`] removes the registration's own
+///   entry and nothing else; when it returns, no renewal or recovery of that
+///   registration is still under way, so the entry does not come back.
 ///
 /// Object safe: `Arc<dyn Registry>` is how the client and the server helpers
 /// take one.
@@ -187,15 +237,20 @@ impl RegisterOptions {
 pub trait Registry: Send + Sync + 'static {
     /// Registers `instance` and keeps it registered (lease keep-alive, TTL
     /// check pass) until the returned handle is shut down. Registering the same
-    /// service and id again replaces the earlier entry.
+    /// service and id again replaces the earlier entry (see
+    /// [the contract](Self#the-life-of-a-registration)). A TTL outside
+    /// [`MIN_TTL`]`..=`[`MAX_TTL`] is refused with
+    /// [`RegistryError::InvalidArgument`].
     async fn register(
         &self,
         instance: Instance,
         options: RegisterOptions,
     ) -> Result<Registration, RegistryError>;
 
-    /// Removes an instance, whoever registered it. Removing an unknown instance
-    /// is not an error.
+    /// Removes an instance's entry now, whoever registered it. Removing an
+    /// unknown instance is not an error. A live [`Registration`] of the
+    /// instance puts it back within its keep-alive period (see
+    /// [the contract](Self#the-life-of-a-registration)).
     async fn deregister(&self, instance: &Instance) -> Result<(), RegistryError>;
 
     /// The instances of `service` now (of one version, if given). Entries that
