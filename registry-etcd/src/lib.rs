@@ -106,10 +106,19 @@ mod backoff;
 mod config;
 mod entry;
 mod error;
+mod hooks;
 mod keeper;
+mod members;
 pub mod metrics;
 mod snapshot;
 mod watcher;
+
+/// Test hooks (the `testing` feature): points in the registry's background
+/// tasks where a test can look on or hold them.
+#[cfg(feature = "testing")]
+pub mod testing {
+    pub use crate::hooks::{Hook, Hooks};
+}
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -128,8 +137,9 @@ pub use error::EtcdError;
 /// The etcd client crate this backend is built on.
 pub use etcd_client;
 
-use crate::error::call;
+use crate::hooks::Probe;
 use crate::keeper::Keeper;
+use crate::members::{Members, Patience};
 use crate::watcher::Watcher;
 
 /// A [`Registry`] on etcd. See the [crate docs](crate).
@@ -138,8 +148,10 @@ use crate::watcher::Watcher;
 #[derive(Clone)]
 pub struct EtcdRegistry {
     client: Client,
+    members: Members,
     prefix: Arc<str>,
     timeout: Duration,
+    probe: Probe,
 }
 
 impl std::fmt::Debug for EtcdRegistry {
@@ -164,20 +176,35 @@ impl EtcdRegistry {
             endpoints: endpoints.join(","),
             source,
         };
-        let connecting = || Client::connect(&endpoints, Some(options.clone()));
-        let client = call(config.connect_timeout + config.request_timeout, connecting)
+        let members = Members::new(endpoints.clone(), options);
+        let timeout = config.request_timeout;
+        let prefix: Arc<str> = config.prefix.into();
+        // `{prefix}/`: the range a user limited to the registry may read.
+        let root = format!("{}/", prefix.trim_end_matches('/'));
+        let root = root.as_str();
+        // The first request also connects (and authenticates); allow for it.
+        let patience = Patience::request(config.connect_timeout + timeout);
+        let probe = members
+            .call(patience, |client: Client| async move {
+                let options = GetOptions::new().with_prefix().with_count_only();
+                client.kv_client().get(root, Some(options)).await?;
+                Ok(client)
+            })
             .await
             .map_err(failed)?;
-        let registry = Self {
-            client,
-            prefix: config.prefix.into(),
-            timeout: config.request_timeout,
-        };
-        registry.probe().await.map_err(failed)?;
-        Ok(registry)
+        Ok(Self {
+            client: probe.value,
+            members,
+            prefix,
+            timeout,
+            probe: Probe::default(),
+        })
     }
 
-    /// The etcd client, for anything this API does not cover.
+    /// An etcd client connected to the member that answered first, for
+    /// anything this API does not cover. The registry's own requests go
+    /// through one client per member and skip members that fail or hang;
+    /// this one does not.
     pub fn client(&self) -> &Client {
         &self.client
     }
@@ -192,25 +219,20 @@ impl EtcdRegistry {
         Arc::new(self)
     }
 
-    async fn probe(&self) -> Result<(), RegistryError> {
-        // `{prefix}/`: the range a user limited to the registry may read.
-        let root = format!("{}/", self.prefix.trim_end_matches('/'));
-        let root = &root;
-        call(self.timeout, || {
-            let mut kv = self.client.kv_client();
-            let options = GetOptions::new().with_prefix().with_count_only();
-            async move { kv.get(root.as_str(), Some(options)).await }
-        })
-        .await
-        .map(drop)
+    /// This registry, calling `hooks` at the points of [`testing::Hook`].
+    #[cfg(feature = "testing")]
+    pub fn with_hooks(mut self, hooks: Arc<dyn testing::Hooks>) -> Self {
+        self.probe = Probe { hooks: Some(hooks) };
+        self
     }
 
     fn watcher(&self, service: &str, version: Option<&str>) -> Watcher {
         Watcher {
-            client: self.client.clone(),
+            members: self.members.clone(),
             prefix: self.prefix.to_string(),
             range: service_prefix(&self.prefix, service, version),
             timeout: self.timeout,
+            probe: self.probe.clone(),
         }
     }
 }
@@ -224,12 +246,13 @@ impl Registry for EtcdRegistry {
     ) -> Result<Registration, RegistryError> {
         let ttl = options.checked_ttl()?;
         let keeper = Keeper::new(
-            self.client.clone(),
+            self.members.clone(),
             &self.prefix,
             instance.clone(),
             ttl,
             self.timeout,
-        );
+            self.probe.clone(),
+        )?;
         let lease = keeper.register().await?;
         Ok(Registration::spawn(instance, move |stop| {
             keeper.run(lease, stop)
@@ -239,12 +262,13 @@ impl Registry for EtcdRegistry {
     async fn deregister(&self, instance: &Instance) -> Result<(), RegistryError> {
         let key = instance_key(&self.prefix, instance);
         let key = key.as_str();
-        call(self.timeout, || {
-            let mut kv = self.client.kv_client();
-            async move { kv.delete(key, None).await }
-        })
-        .await
-        .map(drop)
+        self.members
+            .call(
+                Patience::request(self.timeout),
+                |client: Client| async move { client.kv_client().delete(key, None).await },
+            )
+            .await
+            .map(drop)
     }
 
     async fn discover(
