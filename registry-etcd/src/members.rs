@@ -360,6 +360,126 @@ mod tests {
         assert_eq!(firsts.len(), 3, "healthy members take turns");
     }
 
+    fn unavailable() -> ClientError {
+        ClientError::GRpcStatus(tonic::Status::unavailable("down"))
+    }
+
+    /// A patience with a short hedge delay.
+    fn patience(timeout_ms: u64) -> Patience {
+        Patience {
+            timeout: Duration::from_millis(timeout_ms),
+            hedge_after: Duration::from_millis(50),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_request_to_a_lone_member_completes() {
+        let m = members(1);
+        let attempts = AtomicUsize::new(0);
+        let answer = m
+            .call(patience(5_000), |_| {
+                attempts.fetch_add(1, Ordering::SeqCst);
+                async {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    Ok::<_, ClientError>("slow")
+                }
+            })
+            .await
+            .expect("answered");
+        assert_eq!(answer.value, "slow");
+        assert_eq!(attempts.into_inner(), 1, "never cancelled and sent again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hedge_leaves_the_first_attempt_running() {
+        let m = members(2);
+        let attempts = AtomicUsize::new(0);
+        // The first attempt answers after four hedge delays, the hedge never.
+        let answer = m
+            .call(patience(5_000), |_| {
+                let n = attempts.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n == 0 {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        Ok::<_, ClientError>(n)
+                    } else {
+                        std::future::pending().await
+                    }
+                }
+            })
+            .await
+            .expect("answered");
+        assert_eq!(answer.value, 0, "the first attempt's answer");
+        assert_eq!(attempts.into_inner(), 2, "one hedge");
+        assert_eq!(answer.member, 0, "from the member tried first");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_member_is_skipped_by_the_hedge_and_afterwards() {
+        let m = members(3);
+        let hung = m.order()[1]; // the turn moves on: this one comes first next
+        let attempts = AtomicUsize::new(0);
+        let answer = m
+            .call(patience(5_000), |_| {
+                let n = attempts.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n == 0 {
+                        std::future::pending().await
+                    } else {
+                        Ok::<_, ClientError>(n)
+                    }
+                }
+            })
+            .await
+            .expect("answered by the hedge");
+        assert_ne!(answer.member, hung);
+        assert_eq!(attempts.into_inner(), 2);
+        for _ in 0..6 {
+            assert_ne!(m.order()[0], hung, "the hung member is tried last");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unreachable_members_are_passed_over_then_retried_until_the_timeout() {
+        let m = members(2);
+        let attempts = AtomicUsize::new(0);
+        let answer = m
+            .call(patience(5_000), |_| {
+                let n = attempts.fetch_add(1, Ordering::SeqCst);
+                std::future::ready(if n < 5 { Err(unavailable()) } else { Ok(n) })
+            })
+            .await
+            .expect("answered once a member is back");
+        assert_eq!(answer.value, 5);
+
+        let started = Instant::now();
+        let error = m
+            .call(patience(1_000), |_| {
+                std::future::ready(Err::<(), _>(unavailable()))
+            })
+            .await
+            .err()
+            .expect("gave up");
+        assert!(matches!(error, RegistryError::Unavailable(ref m) if m.contains("down")));
+        assert!(started.elapsed() >= Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn other_errors_are_not_retried() {
+        let m = members(2);
+        let attempts = AtomicUsize::new(0);
+        let error = m
+            .call(patience(1_000), |_| {
+                attempts.fetch_add(1, Ordering::SeqCst);
+                std::future::ready(Err::<(), _>(ClientError::InvalidArgs("no".into())))
+            })
+            .await
+            .err()
+            .expect("failed");
+        assert!(matches!(error, RegistryError::InvalidArgument(_)));
+        assert_eq!(attempts.into_inner(), 1);
+    }
+
     #[test]
     fn hedge_delay_is_bounded() {
         let p = Patience::request(Duration::from_secs(5));

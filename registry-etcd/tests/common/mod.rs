@@ -474,3 +474,30 @@ pub fn instance(service: &str, id: &str) -> Instance {
 pub fn shared(registry: &EtcdRegistry) -> Arc<dyn Registry> {
     Arc::new(registry.clone())
 }
+
+/// The leases etcd knows, by id.
+pub async fn leases(registry: &EtcdRegistry) -> Vec<i64> {
+    let mut leases = registry.client().lease_client();
+    let mut ids: Vec<i64> = leases
+        .leases()
+        .await
+        .expect("list leases")
+        .leases()
+        .iter()
+        .map(|l| l.id())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// The key of `instance`, its lease and its last modification's revision;
+/// `None` when there is no such key.
+pub async fn key_state(registry: &EtcdRegistry, instance: &Instance) -> Option<(i64, i64)> {
+    let key = fyerrpc::instance::instance_key(registry.prefix(), instance);
+    let mut kv = registry.client().kv_client();
+    let found = kv.get(key, None).await.expect("get the key");
+    found
+        .kvs()
+        .first()
+        .map(|kv| (kv.lease(), kv.mod_revision()))
+}
