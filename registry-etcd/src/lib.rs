@@ -49,35 +49,65 @@
 //! ## Staying registered
 //!
 //! [`Registry::register`] grants a lease (the [`RegisterOptions::ttl`], whole
-//! seconds, default 10 s), writes the key under it and returns a
-//! [`Registration`] whose task renews the lease every TTL/3. When the lease
-//! is lost (etcd unreachable past the TTL, etcd restarted on an empty data
-//! dir) the task grants a new lease and writes the key again as soon as etcd
-//! answers, retrying with backoff (100 ms doubling up to 2 s); it logs this and
-//! counts it in [`metrics::REREGISTRATIONS_TOTAL`]. [`Registration::shutdown`]
-//! deletes the key and revokes the lease (if etcd is unreachable it reports
-//! that after the request timeout, and the key expires with its lease);
-//! [`Registration::abandon`] just stops, and the key disappears when its lease
-//! expires.
+//! seconds, 1 s to 1 day, default 10 s), writes the key under it and returns
+//! a [`Registration`] whose task keeps it (the `keeper` module's state
+//! diagram has the details):
+//!
+//! * **Renewal.** Every keep-alive period, TTL/4, the task renews the lease
+//!   on a keep-alive stream it drives itself. A stream silent for TTL/2 (a
+//!   hung member, a dead connection) is given up and reopened on another
+//!   member while the lease still has half its TTL to live, so a hung member
+//!   costs neither the lease nor a re-registration.
+//! * **Deleted from outside.** Every keep-alive period the task also checks
+//!   the key; one deleted from outside (`etcdctl del`,
+//!   [`Registry::deregister`] of a live registration) is written again, so it
+//!   is back within the period. The key is only ever written when missing (or
+//!   held by an earlier lease of the same registration), by a transaction
+//!   that compares before it writes: a keep-alive hiccup creates no revision
+//!   and no watch event.
+//! * **Lost lease.** When etcd lost the lease (unreachable past the TTL,
+//!   restarted on an empty data dir) the task grants a new one and writes the
+//!   key again as soon as etcd answers, retrying with backoff (100 ms
+//!   doubling up to 2 s). Re-writing a lost key counts in
+//!   [`metrics::REREGISTRATIONS_TOTAL`] and is logged.
+//! * **Replaced.** Registering the same instance again (the next process
+//!   during a quick restart) replaces the key; the earlier registration
+//!   notices within its keep-alive period, stands down and revokes its lease,
+//!   leaving the newer key alone.
+//!
+//! [`Registration::shutdown`] revokes every lease the registration asked for,
+//! which deletes its key, even when it interrupts a recovery (if etcd is
+//! unreachable it reports that after the request timeout, and the key expires
+//! with its lease); [`Registration::abandon`] just stops, and the key
+//! disappears when its lease expires: a crashed server stays visible for at
+//! most its TTL (plus up to 500 ms, etcd's expiry sweep).
 //!
 //! ## Watching
 //!
 //! [`Registry::watch`] reads the prefix, yields the set, then watches from the
 //! next revision, so no change between the read and the watch is missed. When
-//! the watch breaks (etcd restarted, a member died, the revision was
+//! the watch breaks (etcd restarted, a member died or hung, the revision was
 //! compacted) it reads the prefix again and watches on from there, with
-//! backoff; meanwhile the stream yields an `Err` per failed attempt and
-//! then the current set once etcd answers.
+//! backoff; meanwhile the stream yields an `Err` per failed attempt and then
+//! the current set once etcd answers. A watch silent for a request timeout
+//! asks etcd for a progress report, and one silent for twice that is taken
+//! as hung and moved to another member.
 //!
 //! ## Clusters, authentication, TLS
 //!
-//! [`EtcdConfig`] takes every member's client URL; requests are balanced over
-//! them, and a request that reached no member able to serve it (member down,
-//! leader election) is sent again until the request timeout, so a cluster
-//! keeps serving while one member is down. It also takes a user and password
-//! (a user whose role may only read and write `{prefix}/` is enough) and TLS
-//! files ([`TlsConfig`]: CA, client certificate for mutual TLS, server name);
-//! `https://` endpoints without TLS files trust the system's CAs.
+//! [`EtcdConfig`] takes every member's client URL. Each member gets its own
+//! client, and requests go to the healthy members in turn; a member that
+//! failed, lost a race or whose stream fell silent is tried after the others
+//! for a while (1 s, doubling up to 30 s). A request left unanswered for an
+//! eighth of the request timeout (50 ms to 1 s) is *hedged*: sent to the next
+//! member too, while the first attempt keeps running, and the first answer
+//! wins. So a slow but healthy request still completes, a hung member is
+//! skipped, and every request has the same effect when sent twice (leases get
+//! IDs chosen by the registry; writes are compare-and-write transactions).
+//! It also takes a user and password (a user whose role may only read and
+//! write `{prefix}/` is enough) and TLS files ([`TlsConfig`]: CA, client
+//! certificate for mutual TLS, server name); `https://` endpoints without TLS
+//! files trust the system's CAs.
 //!
 //! ## Metrics
 //!
@@ -91,7 +121,9 @@
 //! the protobuf compiler or set `PROTOC`). The tests start real etcd
 //! processes: `scripts/fetch-etcd.sh` installs `protoc` when missing and
 //! provides an etcd binary (from the PATH, or the Debian package `etcd-server`
-//! unpacked into `.cache/`), then `cargo test -p fyerrpc-registry-etcd`.
+//! unpacked into `.cache/`), then `cargo test -p fyerrpc-registry-etcd
+//! --all-features` (the `testing` feature adds the test hooks of the
+//! `testing` module and the tests that use them).
 //!
 //! [etcd]: https://etcd.io
 //! [`DEFAULT_PREFIX`]: fyerrpc::instance::DEFAULT_PREFIX
