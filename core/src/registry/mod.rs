@@ -28,6 +28,7 @@
 //! one registration alive (lease keep-alive, TTL check) until
 //! [`Registration::shutdown`] deregisters it.
 
+mod background;
 mod backoff;
 mod memory;
 mod registration;
@@ -43,6 +44,7 @@ use futures_core::Stream;
 
 use crate::instance::{Instance, InstanceError};
 
+pub use background::register_in_background;
 pub use backoff::RetryBackoff;
 pub use memory::{channel_stream, MemoryRegistry};
 pub use registration::{Registration, StopMode, StopSignal};
