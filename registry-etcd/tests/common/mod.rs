@@ -356,7 +356,8 @@ pub async fn connect(endpoints: &str) -> EtcdRegistry {
         .expect("valid endpoints")
         .with_connect_timeout(Duration::from_secs(1))
         .with_request_timeout(Duration::from_secs(5))
-        .with_keep_alive_interval(Duration::from_secs(1));
+        // etcd closes connections that ping more often than every 5 s.
+        .with_keep_alive_interval(Duration::from_secs(6));
     EtcdRegistry::connect(config)
         .await
         .expect("connect to etcd")
