@@ -257,7 +257,13 @@ impl Keeper {
                         tracing::warn!(instance = %self.instance, lease = lease.id,
                             endpoint = self.members.endpoint(member), %reason,
                             "etcd keep-alive stream broken; reopening it on another member");
-                        State::Opening(lease)
+                        if started.elapsed() < lease.period() {
+                            // Streams that break as soon as they open: do
+                            // not spin.
+                            State::Waiting(Box::new(State::Opening(lease)))
+                        } else {
+                            State::Opening(lease)
+                        }
                     }
                     Interrupted::LeaseLost => State::Regranting {
                         old: lease,
@@ -572,6 +578,36 @@ mod tests {
         assert_eq!(lease(3600).period(), MAX_PERIOD);
         assert_eq!(lease(3600).silence_limit(timeout), Duration::from_secs(65));
         assert_eq!(lease(MAX_TTL_SECS).period(), MAX_PERIOD);
+    }
+
+    #[tokio::test]
+    async fn refuses_ttls_etcd_cannot_grant() {
+        let members = Members::new(vec!["http://127.0.0.1:1".into()], Default::default());
+        let instance = Instance::new("a", "S", "127.0.0.1:1").expect("instance");
+        let keeper = |ttl| {
+            Keeper::new(
+                members.clone(),
+                "/p",
+                instance.clone(),
+                ttl,
+                Duration::from_secs(1),
+                Probe::default(),
+            )
+        };
+        for absurd in [
+            Duration::ZERO,
+            Duration::from_secs(MAX_TTL_SECS + 1),
+            Duration::MAX,
+        ] {
+            assert!(matches!(
+                keeper(absurd),
+                Err(RegistryError::InvalidArgument(_))
+            ));
+        }
+        let rounded = keeper(Duration::from_millis(1500)).expect("valid");
+        assert_eq!(rounded.ttl_secs, 2, "rounded up to whole seconds");
+        let tiny = keeper(Duration::from_millis(1)).expect("valid");
+        assert_eq!(tiny.ttl_secs, 1);
     }
 
     #[test]
