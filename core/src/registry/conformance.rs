@@ -430,38 +430,46 @@ pub async fn deleted_registration_comes_back(h: &Harness) {
 /// Registering the same service and id again replaces the entry; the earlier
 /// registration does not take it back, and its shutdown leaves the newer
 /// entry in place.
+///
+/// The newer registration has a long keep-alive period (that of
+/// [`deleted_registration_comes_back`]), so that a wrong removal or
+/// overwrite by the earlier one would stay visible for seconds instead of
+/// being repaired at once.
 pub async fn replaced_registration_stands_down(h: &Harness) {
     let service = h.service("replaced");
-    let options = RegisterOptions::default().with_ttl(h.ttl);
-    let period = options.keepalive_period();
+    let old_options = RegisterOptions::default().with_ttl(h.ttl);
+    let old_period = old_options.keepalive_period();
     let old = h
         .registry
-        .register(instance(&service, "x", 7901), options.clone())
+        .register(instance(&service, "x", 7901), old_options)
         .await
         .expect("register the old one");
     discover_addresses_until(h, &service, &[("x", "127.0.0.1:7901")]).await;
     let new = h
         .registry
-        .register(instance(&service, "x", 7902), options.clone())
+        .register(
+            instance(&service, "x", 7902),
+            RegisterOptions::default().with_ttl(recovery_ttl(h)),
+        )
         .await
         .expect("register the new one");
     discover_addresses_until(h, &service, &[("x", "127.0.0.1:7902")]).await;
 
-    // A few keep-alive periods of both keepers: the newer entry stays.
-    tokio::time::sleep(period * 3).await;
-    assert_addresses(
+    // A few keep-alive periods of the old keeper: the newer entry stays.
+    stays_at(
         h,
         &service,
         "127.0.0.1:7902",
+        old_period * 3,
         "the old registration took it back",
     )
     .await;
     old.shutdown().await.expect("shut the old one down");
-    tokio::time::sleep(period).await;
-    assert_addresses(
+    stays_at(
         h,
         &service,
         "127.0.0.1:7902",
+        old_period * 3,
         "the old one's shutdown removed it",
     )
     .await;
@@ -471,9 +479,18 @@ pub async fn replaced_registration_stands_down(h: &Harness) {
     discover_until(h, &service, &[]).await;
 }
 
-/// Asserts that `discover` lists exactly one `x`, at `address`, now.
-async fn assert_addresses(h: &Harness, service: &str, address: &str, otherwise: &str) {
-    let set = h.registry.discover(service, None).await.expect("discover");
-    let got: Vec<(&str, &str)> = set.iter().map(|i| (i.id(), i.address())).collect();
-    assert_eq!(got, [("x", address)], "{otherwise}");
+/// Asserts that, for `during`, every `discover` lists exactly one `x`, at
+/// `address`.
+async fn stays_at(h: &Harness, service: &str, address: &str, during: Duration, otherwise: &str) {
+    let until = tokio::time::Instant::now() + during;
+    while tokio::time::Instant::now() < until {
+        match h.registry.discover(service, None).await {
+            Ok(set) => {
+                let got: Vec<(&str, &str)> = set.iter().map(|i| (i.id(), i.address())).collect();
+                assert_eq!(got, [("x", address)], "{otherwise}");
+            }
+            Err(e) => tracing::warn!(error = %e, "discover failed"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
