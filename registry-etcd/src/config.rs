@@ -14,6 +14,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default interval of HTTP/2 pings that detect a dead connection.
 pub const DEFAULT_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// etcd's default `--grpc-keepalive-min-time`: a client that pings more
+/// often has its connection closed ("too many pings").
+const ETCD_MIN_PING_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How to reach an etcd cluster.
 ///
@@ -49,9 +52,13 @@ pub struct EtcdConfig {
     pub connect_timeout: Duration,
     /// Time allowed for one request (get, put, grant, revoke ...).
     pub request_timeout: Duration,
-    /// Interval of HTTP/2 pings on open connections; a member that does not
-    /// answer one within [`request_timeout`](Self::request_timeout) is taken
-    /// as dead and its streams are re-established elsewhere.
+    /// Interval of HTTP/2 pings on connections with open streams; a member
+    /// that does not answer one within
+    /// [`request_timeout`](Self::request_timeout) is taken as dead and its
+    /// streams are re-established elsewhere. etcd closes connections that
+    /// ping more often than its `--grpc-keepalive-min-time` (5 s unless
+    /// changed), so keep this at 5 s or more. Idle connections are not
+    /// pinged (etcd counts that as abuse too).
     pub keep_alive_interval: Duration,
 }
 
@@ -208,7 +215,8 @@ impl EtcdConfig {
         self
     }
 
-    /// Sets the HTTP/2 keep-alive interval.
+    /// Sets the HTTP/2 keep-alive interval (5 s or more, see
+    /// [`keep_alive_interval`](Self::keep_alive_interval)).
     pub fn with_keep_alive_interval(mut self, interval: Duration) -> Self {
         self.keep_alive_interval = interval;
         self
@@ -266,10 +274,16 @@ impl EtcdConfig {
 
     /// The etcd client options this configuration stands for.
     pub(crate) fn connect_options(&self) -> Result<ConnectOptions, EtcdError> {
+        if self.keep_alive_interval < ETCD_MIN_PING_INTERVAL {
+            tracing::warn!(interval = ?self.keep_alive_interval,
+                "etcd closes connections that ping more often than every 5 s \
+                 (--grpc-keepalive-min-time) unless told otherwise");
+        }
         let mut options = ConnectOptions::new()
             .with_connect_timeout(self.connect_timeout)
             .with_keep_alive(self.keep_alive_interval, self.request_timeout)
-            .with_keep_alive_while_idle(true)
+            // etcd does not permit pings without streams.
+            .with_keep_alive_while_idle(false)
             // A member cut off from the cluster's leader fails watches and
             // keep-alives instead of holding them silently.
             .with_require_leader(true);

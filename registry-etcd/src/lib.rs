@@ -49,35 +49,65 @@
 //! ## Staying registered
 //!
 //! [`Registry::register`] grants a lease (the [`RegisterOptions::ttl`], whole
-//! seconds, default 10 s), writes the key under it and returns a
-//! [`Registration`] whose task renews the lease every TTL/3. When the lease
-//! is lost (etcd unreachable past the TTL, etcd restarted on an empty data
-//! dir) the task grants a new lease and writes the key again as soon as etcd
-//! answers, retrying with backoff (100 ms doubling up to 2 s); it logs this and
-//! counts it in [`metrics::REREGISTRATIONS_TOTAL`]. [`Registration::shutdown`]
-//! deletes the key and revokes the lease (if etcd is unreachable it reports
-//! that after the request timeout, and the key expires with its lease);
-//! [`Registration::abandon`] just stops, and the key disappears when its lease
-//! expires.
+//! seconds, 1 s to 1 day, default 10 s), writes the key under it and returns
+//! a [`Registration`] whose task keeps it (the `keeper` module's state
+//! diagram has the details):
+//!
+//! * **Renewal.** Every keep-alive period, TTL/4, the task renews the lease
+//!   on a keep-alive stream it drives itself. A stream silent for TTL/2 (a
+//!   hung member, a dead connection) is given up and reopened on another
+//!   member while the lease still has half its TTL to live, so a hung member
+//!   costs neither the lease nor a re-registration.
+//! * **Deleted from outside.** Every keep-alive period the task also checks
+//!   the key; one deleted from outside (`etcdctl del`,
+//!   [`Registry::deregister`] of a live registration) is written again, so it
+//!   is back within the period. The key is only ever written when missing (or
+//!   held by an earlier lease of the same registration), by a transaction
+//!   that compares before it writes: a keep-alive hiccup creates no revision
+//!   and no watch event.
+//! * **Lost lease.** When etcd lost the lease (unreachable past the TTL,
+//!   restarted on an empty data dir) the task grants a new one and writes the
+//!   key again as soon as etcd answers, retrying with backoff (100 ms
+//!   doubling up to 2 s). Re-writing a lost key counts in
+//!   [`metrics::REREGISTRATIONS_TOTAL`] and is logged.
+//! * **Replaced.** Registering the same instance again (the next process
+//!   during a quick restart) replaces the key; the earlier registration
+//!   notices within its keep-alive period, stands down and revokes its lease,
+//!   leaving the newer key alone.
+//!
+//! [`Registration::shutdown`] revokes every lease the registration asked for,
+//! which deletes its key, even when it interrupts a recovery (if etcd is
+//! unreachable it reports that after the request timeout, and the key expires
+//! with its lease); [`Registration::abandon`] just stops, and the key
+//! disappears when its lease expires: a crashed server stays visible for at
+//! most its TTL (plus up to 500 ms, etcd's expiry sweep).
 //!
 //! ## Watching
 //!
 //! [`Registry::watch`] reads the prefix, yields the set, then watches from the
 //! next revision, so no change between the read and the watch is missed. When
-//! the watch breaks (etcd restarted, a member died, the revision was
+//! the watch breaks (etcd restarted, a member died or hung, the revision was
 //! compacted) it reads the prefix again and watches on from there, with
-//! backoff; meanwhile the stream yields an `Err` per failed attempt and
-//! then the current set once etcd answers.
+//! backoff; meanwhile the stream yields an `Err` per failed attempt and then
+//! the current set once etcd answers. A watch silent for a request timeout
+//! asks etcd for a progress report, and one silent for twice that is taken
+//! as hung and moved to another member.
 //!
 //! ## Clusters, authentication, TLS
 //!
-//! [`EtcdConfig`] takes every member's client URL; requests are balanced over
-//! them, and a request that reached no member able to serve it (member down,
-//! leader election) is sent again until the request timeout, so a cluster
-//! keeps serving while one member is down. It also takes a user and password
-//! (a user whose role may only read and write `{prefix}/` is enough) and TLS
-//! files ([`TlsConfig`]: CA, client certificate for mutual TLS, server name);
-//! `https://` endpoints without TLS files trust the system's CAs.
+//! [`EtcdConfig`] takes every member's client URL. Each member gets its own
+//! client, and requests go to the healthy members in turn; a member that
+//! failed, lost a race or whose stream fell silent is tried after the others
+//! for a while (1 s, doubling up to 30 s). A request left unanswered for an
+//! eighth of the request timeout (50 ms to 1 s) is *hedged*: sent to the next
+//! member too, while the first attempt keeps running, and the first answer
+//! wins. So a slow but healthy request still completes, a hung member is
+//! skipped, and every request has the same effect when sent twice (leases get
+//! IDs chosen by the registry; writes are compare-and-write transactions).
+//! It also takes a user and password (a user whose role may only read and
+//! write `{prefix}/` is enough) and TLS files ([`TlsConfig`]: CA, client
+//! certificate for mutual TLS, server name); `https://` endpoints without TLS
+//! files trust the system's CAs.
 //!
 //! ## Metrics
 //!
@@ -91,7 +121,9 @@
 //! the protobuf compiler or set `PROTOC`). The tests start real etcd
 //! processes: `scripts/fetch-etcd.sh` installs `protoc` when missing and
 //! provides an etcd binary (from the PATH, or the Debian package `etcd-server`
-//! unpacked into `.cache/`), then `cargo test -p fyerrpc-registry-etcd`.
+//! unpacked into `.cache/`), then `cargo test -p fyerrpc-registry-etcd
+//! --all-features` (the `testing` feature adds the test hooks of the
+//! `testing` module and the tests that use them).
 //!
 //! [etcd]: https://etcd.io
 //! [`DEFAULT_PREFIX`]: fyerrpc::instance::DEFAULT_PREFIX
@@ -106,10 +138,19 @@ mod backoff;
 mod config;
 mod entry;
 mod error;
+mod hooks;
 mod keeper;
+mod members;
 pub mod metrics;
 mod snapshot;
 mod watcher;
+
+/// Test hooks (the `testing` feature): points in the registry's background
+/// tasks where a test can look on or hold them.
+#[cfg(feature = "testing")]
+pub mod testing {
+    pub use crate::hooks::{Hook, Hooks};
+}
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -128,8 +169,9 @@ pub use error::EtcdError;
 /// The etcd client crate this backend is built on.
 pub use etcd_client;
 
-use crate::error::call;
+use crate::hooks::Probe;
 use crate::keeper::Keeper;
+use crate::members::{Members, Patience};
 use crate::watcher::Watcher;
 
 /// A [`Registry`] on etcd. See the [crate docs](crate).
@@ -138,8 +180,10 @@ use crate::watcher::Watcher;
 #[derive(Clone)]
 pub struct EtcdRegistry {
     client: Client,
+    members: Members,
     prefix: Arc<str>,
     timeout: Duration,
+    probe: Probe,
 }
 
 impl std::fmt::Debug for EtcdRegistry {
@@ -164,20 +208,35 @@ impl EtcdRegistry {
             endpoints: endpoints.join(","),
             source,
         };
-        let connecting = || Client::connect(&endpoints, Some(options.clone()));
-        let client = call(config.connect_timeout + config.request_timeout, connecting)
+        let members = Members::new(endpoints.clone(), options);
+        let timeout = config.request_timeout;
+        let prefix: Arc<str> = config.prefix.into();
+        // `{prefix}/`: the range a user limited to the registry may read.
+        let root = format!("{}/", prefix.trim_end_matches('/'));
+        let root = root.as_str();
+        // The first request also connects (and authenticates); allow for it.
+        let patience = Patience::request(config.connect_timeout + timeout);
+        let probe = members
+            .call(patience, |client: Client| async move {
+                let options = GetOptions::new().with_prefix().with_count_only();
+                client.kv_client().get(root, Some(options)).await?;
+                Ok(client)
+            })
             .await
             .map_err(failed)?;
-        let registry = Self {
-            client,
-            prefix: config.prefix.into(),
-            timeout: config.request_timeout,
-        };
-        registry.probe().await.map_err(failed)?;
-        Ok(registry)
+        Ok(Self {
+            client: probe.value,
+            members,
+            prefix,
+            timeout,
+            probe: Probe::default(),
+        })
     }
 
-    /// The etcd client, for anything this API does not cover.
+    /// An etcd client connected to the member that answered first, for
+    /// anything this API does not cover. The registry's own requests go
+    /// through one client per member and skip members that fail or hang;
+    /// this one does not.
     pub fn client(&self) -> &Client {
         &self.client
     }
@@ -192,25 +251,20 @@ impl EtcdRegistry {
         Arc::new(self)
     }
 
-    async fn probe(&self) -> Result<(), RegistryError> {
-        // `{prefix}/`: the range a user limited to the registry may read.
-        let root = format!("{}/", self.prefix.trim_end_matches('/'));
-        let root = &root;
-        call(self.timeout, || {
-            let mut kv = self.client.kv_client();
-            let options = GetOptions::new().with_prefix().with_count_only();
-            async move { kv.get(root.as_str(), Some(options)).await }
-        })
-        .await
-        .map(drop)
+    /// This registry, calling `hooks` at the points of [`testing::Hook`].
+    #[cfg(feature = "testing")]
+    pub fn with_hooks(mut self, hooks: Arc<dyn testing::Hooks>) -> Self {
+        self.probe = Probe { hooks: Some(hooks) };
+        self
     }
 
     fn watcher(&self, service: &str, version: Option<&str>) -> Watcher {
         Watcher {
-            client: self.client.clone(),
+            members: self.members.clone(),
             prefix: self.prefix.to_string(),
             range: service_prefix(&self.prefix, service, version),
             timeout: self.timeout,
+            probe: self.probe.clone(),
         }
     }
 }
@@ -224,12 +278,13 @@ impl Registry for EtcdRegistry {
     ) -> Result<Registration, RegistryError> {
         let ttl = options.checked_ttl()?;
         let keeper = Keeper::new(
-            self.client.clone(),
+            self.members.clone(),
             &self.prefix,
             instance.clone(),
             ttl,
             self.timeout,
-        );
+            self.probe.clone(),
+        )?;
         let lease = keeper.register().await?;
         Ok(Registration::spawn(instance, move |stop| {
             keeper.run(lease, stop)
@@ -239,12 +294,13 @@ impl Registry for EtcdRegistry {
     async fn deregister(&self, instance: &Instance) -> Result<(), RegistryError> {
         let key = instance_key(&self.prefix, instance);
         let key = key.as_str();
-        call(self.timeout, || {
-            let mut kv = self.client.kv_client();
-            async move { kv.delete(key, None).await }
-        })
-        .await
-        .map(drop)
+        self.members
+            .call(
+                Patience::request(self.timeout),
+                |client: Client| async move { client.kv_client().delete(key, None).await },
+            )
+            .await
+            .map(drop)
     }
 
     async fn discover(

@@ -8,7 +8,7 @@ use fyerrpc::registry::canonicalize;
 use fyerrpc::{Instance, RegistryError};
 
 use crate::entry::decode;
-use crate::error::call;
+use crate::members::{Members, Patience};
 
 /// The valid instances under a key range, by key.
 #[derive(Debug, Clone)]
@@ -24,16 +24,18 @@ impl Snapshot {
     /// Reads every entry under `range` (a key prefix below the registry's
     /// `prefix`), skipping the invalid ones.
     pub(crate) async fn read(
-        client: &Client,
+        members: &Members,
         prefix: &str,
         range: &str,
         timeout: Duration,
     ) -> Result<Self, RegistryError> {
-        let response = call(timeout, || {
-            let mut kv = client.kv_client();
-            async move { kv.get(range, Some(GetOptions::new().with_prefix())).await }
-        })
-        .await?;
+        let response = members
+            .call(Patience::request(timeout), |client: Client| async move {
+                let options = GetOptions::new().with_prefix();
+                client.kv_client().get(range, Some(options)).await
+            })
+            .await?
+            .value;
         let revision = response.header().map_or(0, |h| h.revision());
         let entries = response
             .kvs()

@@ -10,6 +10,28 @@
 //! a compacted revision, or an etcd restarted on an empty data dir whose
 //! revisions start over (a resumed watch would wait for revisions that come
 //! much later, if ever).
+//!
+//! A stream on a member that hangs stays open and silent, so the loop also
+//! supervises silence: after a request timeout without a message it asks
+//! for a progress report, and a stream still silent a request timeout later
+//! is given up, its member suspected, and the range read again elsewhere.
+//!
+//! ```text
+//!   +---------+  read at revision R,   +----------+  every change:
+//!   | Reading | ---------------------> | Watching | ----------------> hand out the set
+//!   +---------+  watch from R + 1,     +----------+
+//!     ^    |     hand out the set        |  |  |
+//!     |    | failed                      |  |  | silent: ask for progress,
+//!     |    v                             |  |  | still silent: failed
+//!     |  +------------+  failed, ended   |  |  |
+//!     +--| Backing off| <----------------+  |  |
+//!     |  +------------+  (report an error)  |  |
+//!     |                                     |  |
+//!     +-------------------------------------+  |
+//!       R + 1 compacted: read again at once     |
+//!                                               v
+//!                               receiver dropped: stop
+//! ```
 
 use std::time::Duration;
 
@@ -19,7 +41,9 @@ use tokio::sync::mpsc::Sender;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
-use crate::error::{call, registry_error};
+use crate::error::registry_error;
+use crate::hooks::{Hook, Probe};
+use crate::members::{Members, Patience};
 use crate::metrics;
 use crate::snapshot::Snapshot;
 
@@ -35,20 +59,27 @@ enum End {
     Failed(RegistryError),
 }
 
+/// An `End::Failed` for a stream that broke on `member`, now suspect.
+fn broke(members: &Members, member: usize, error: RegistryError) -> End {
+    members.suspect(member);
+    End::Failed(error)
+}
+
 /// Watches one key range.
 pub(crate) struct Watcher {
-    pub(crate) client: Client,
+    pub(crate) members: Members,
     /// The registry's prefix.
     pub(crate) prefix: String,
     /// The watched key prefix (one service, or one version of it).
     pub(crate) range: String,
     pub(crate) timeout: Duration,
+    pub(crate) probe: Probe,
 }
 
 impl Watcher {
     /// Reads the range now.
     pub(crate) async fn read(&self) -> Result<Snapshot, RegistryError> {
-        Snapshot::read(&self.client, &self.prefix, &self.range, self.timeout).await
+        Snapshot::read(&self.members, &self.prefix, &self.range, self.timeout).await
     }
 
     /// Feeds `tx` until its receiver is dropped, starting from `first`.
@@ -99,45 +130,84 @@ impl Watcher {
                 Err(e) => return End::Failed(e),
             },
         };
+        self.probe
+            .reached(Hook::WatchRead {
+                revision: snapshot.revision(),
+            })
+            .await;
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(snapshot.revision() + 1);
-        let started = call(self.timeout, || {
-            let mut watches = self.client.watch_client();
-            let options = options.clone();
-            async move { watches.watch(self.range.as_str(), Some(options)).await }
-        });
-        // The request half must live as long as the watch.
-        let (_requests, mut responses) = match started.await {
-            Ok(stream) => stream.split(),
+        let range = self.range.as_str();
+        let options = &options;
+        let started = self.members.call(
+            Patience::request(self.timeout),
+            |client: Client| async move {
+                let options = options.clone();
+                client.watch_client().watch(range, Some(options)).await
+            },
+        );
+        let (member, mut requests, mut responses) = match started.await {
+            Ok(answer) => {
+                let (requests, responses) = answer.value.split();
+                (answer.member, requests, responses)
+            }
             Err(e) => return End::Failed(e),
         };
         if out.failing {
-            tracing::info!(range = %self.range, "etcd watch restored");
+            tracing::info!(range = %self.range, endpoint = self.members.endpoint(member),
+                "etcd watch restored");
         }
         if out.send(snapshot.instances()).await.is_err() {
             return End::Closed;
         }
+        // Silence supervision: a progress request after `quiet`, given up
+        // after twice that.
+        let quiet = self.timeout;
+        let mut heard = Instant::now();
+        let mut asked = false;
         loop {
+            let check_at = heard + if asked { quiet * 2 } else { quiet };
             let response = tokio::select! {
                 r = responses.message() => r,
                 _ = out.tx.closed() => return End::Closed,
+                _ = tokio::time::sleep_until(check_at) => {
+                    if asked {
+                        let error = RegistryError::Unavailable(format!(
+                            "etcd watch silent for {:?}", quiet * 2
+                        ));
+                        return broke(&self.members, member, error);
+                    }
+                    asked = true;
+                    if let Err(e) = requests.request_progress().await {
+                        return broke(&self.members, member, registry_error(e));
+                    }
+                    continue;
+                }
             };
+            heard = Instant::now();
+            asked = false;
             let response = match response {
                 Ok(Some(r)) => r,
                 Ok(None) => {
-                    return End::Failed(RegistryError::Unavailable("etcd ended the watch".into()))
+                    let error = RegistryError::Unavailable("etcd ended the watch".into());
+                    return broke(&self.members, member, error);
                 }
-                Err(e) => return End::Failed(registry_error(e)),
+                Err(e) => return broke(&self.members, member, registry_error(e)),
             };
+            self.members.answered(member);
             if response.compact_revision() > 0 {
                 return End::Compacted(response.compact_revision());
             }
             if response.canceled() {
-                return End::Failed(RegistryError::Unavailable(format!(
-                    "etcd canceled the watch: {}",
-                    response.cancel_reason()
-                )));
+                return broke(
+                    &self.members,
+                    member,
+                    RegistryError::Unavailable(format!(
+                        "etcd canceled the watch: {}",
+                        response.cancel_reason()
+                    )),
+                );
             }
             snapshot.apply(response.events());
             if out.send(snapshot.instances()).await.is_err() {

@@ -9,8 +9,8 @@ use fyerrpc::registry::RegisterOptions;
 use fyerrpc::Registry;
 
 use common::{
-    connect, discover_until, init_tracing, instance, register_a_and_watch, shut_down_in_turn,
-    EtcdServer,
+    connect, discover_until, init_tracing, instance, key_state, register_a_and_watch,
+    shut_down_in_turn, EtcdServer,
 };
 
 const TTL: Duration = Duration::from_secs(2);
@@ -28,6 +28,7 @@ async fn survives(restart: Restart) {
     let registry = connect(&etcd.endpoint()).await;
     let options = RegisterOptions::default().with_ttl(TTL);
     let (a, mut watch) = register_a_and_watch(&registry, options.clone(), SETTLE).await;
+    let before = key_state(&registry, a.instance()).await;
 
     etcd.stop();
     // Stay down past the TTL: the keeper's keep-alives fail meanwhile.
@@ -42,6 +43,15 @@ async fn survives(restart: Restart) {
     // ... and stays, renewed, past a few TTLs.
     tokio::time::sleep(TTL * 2).await;
     discover_until(&registry, "Greet", &["a"], Duration::from_millis(100)).await;
+    if let Restart::SameDataDir = restart {
+        // The lease survived: the keeper renewed it and left the key alone
+        // (no new revision, no watch event).
+        assert_eq!(
+            key_state(&registry, a.instance()).await,
+            before,
+            "the key was not written again"
+        );
+    }
 
     // The watch resumed: it sees new changes.
     let b = registry

@@ -10,7 +10,8 @@ use fyerrpc::registry::RegisterOptions;
 use fyerrpc::Registry;
 
 use common::{
-    connect, discover_until, ids, init_tracing, instance, watch_until, write_garbage, EtcdServer,
+    connect, discover_until, ids, init_tracing, instance, key_state, watch_until, write_garbage,
+    EtcdServer,
 };
 
 const TTL: Duration = Duration::from_secs(2);
@@ -99,4 +100,81 @@ async fn garbage_under_the_prefix_is_skipped() {
     good.shutdown().await.expect("shutdown");
     watch_until(&mut watch, &[], SETTLE).await;
     drop(other);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compaction_during_a_watch_ends_in_the_full_current_set() {
+    init_tracing();
+    let etcd = EtcdServer::start();
+    let registry = connect(&etcd.endpoint()).await;
+    let options = RegisterOptions::default();
+    let a = registry
+        .register(instance("Greet", "a"), options.clone())
+        .await
+        .expect("register a");
+    let mut watch = registry.watch("Greet", None).await.expect("watch");
+    watch_until(&mut watch, &["a"], SETTLE).await;
+
+    let b = registry
+        .register(instance("Greet", "b"), options.clone())
+        .await
+        .expect("register b");
+    let c = registry
+        .register(instance("Greet", "c"), options.clone())
+        .await
+        .expect("register c");
+    b.shutdown().await.expect("shutdown b");
+    // Compact the whole history up to now, while the watch runs.
+    let mut kv = registry.client().kv_client();
+    let revision = kv
+        .get("/", None)
+        .await
+        .expect("read the revision")
+        .header()
+        .map(|h| h.revision())
+        .expect("header");
+    let physical = fyerrpc_registry_etcd::etcd_client::CompactionOptions::new().with_physical();
+    kv.compact(revision, Some(physical)).await.expect("compact");
+    let d = registry
+        .register(instance("Greet", "d"), options)
+        .await
+        .expect("register d");
+    watch_until(&mut watch, &["a", "c", "d"], SETTLE).await;
+    discover_until(&registry, "Greet", &["a", "c", "d"], SETTLE).await;
+
+    for r in [a, c, d] {
+        r.shutdown().await.expect("shutdown");
+    }
+    watch_until(&mut watch, &[], SETTLE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_live_key_is_back_within_the_keep_alive_period() {
+    init_tracing();
+    let etcd = EtcdServer::start();
+    let registry = connect(&etcd.endpoint()).await;
+    let options = RegisterOptions::default().with_ttl(Duration::from_secs(6));
+    let period = options.keepalive_period();
+    let a = instance("Greet", "a");
+    let registration = registry
+        .register(a.clone(), options)
+        .await
+        .expect("register");
+    let mut watch = registry.watch("Greet", None).await.expect("watch");
+    watch_until(&mut watch, &["a"], SETTLE).await;
+
+    // Deleted as `etcdctl del` would: the watch sees it go, then come back.
+    let mut kv = registry.client().kv_client();
+    let key = instance_key(registry.prefix(), &a);
+    let deleted = kv.delete(key.as_str(), None).await.expect("delete");
+    assert_eq!(deleted.deleted(), 1);
+    watch_until(&mut watch, &[], SETTLE).await;
+    let back = watch_until(&mut watch, &["a"], period + SETTLE).await;
+    tracing::info!(?back, ?period, "the deleted key is back");
+    assert!(registration.is_active());
+
+    // Back under the registration's lease: its shutdown removes it.
+    registration.shutdown().await.expect("shutdown");
+    watch_until(&mut watch, &[], SETTLE).await;
+    assert_eq!(key_state(&registry, &a).await, None);
 }

@@ -356,7 +356,8 @@ pub async fn connect(endpoints: &str) -> EtcdRegistry {
         .expect("valid endpoints")
         .with_connect_timeout(Duration::from_secs(1))
         .with_request_timeout(Duration::from_secs(5))
-        .with_keep_alive_interval(Duration::from_secs(1));
+        // etcd closes connections that ping more often than every 5 s.
+        .with_keep_alive_interval(Duration::from_secs(6));
     EtcdRegistry::connect(config)
         .await
         .expect("connect to etcd")
@@ -473,4 +474,31 @@ pub fn instance(service: &str, id: &str) -> Instance {
 /// A registry as the trait object the core takes.
 pub fn shared(registry: &EtcdRegistry) -> Arc<dyn Registry> {
     Arc::new(registry.clone())
+}
+
+/// The leases etcd knows, by id.
+pub async fn leases(registry: &EtcdRegistry) -> Vec<i64> {
+    let mut leases = registry.client().lease_client();
+    let mut ids: Vec<i64> = leases
+        .leases()
+        .await
+        .expect("list leases")
+        .leases()
+        .iter()
+        .map(|l| l.id())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// The key of `instance`, its lease and its last modification's revision;
+/// `None` when there is no such key.
+pub async fn key_state(registry: &EtcdRegistry, instance: &Instance) -> Option<(i64, i64)> {
+    let key = fyerrpc::instance::instance_key(registry.prefix(), instance);
+    let mut kv = registry.client().kv_client();
+    let found = kv.get(key, None).await.expect("get the key");
+    found
+        .kvs()
+        .first()
+        .map(|kv| (kv.lease(), kv.mod_revision()))
 }
