@@ -49,9 +49,12 @@ async fn endpoint_states_count_each_endpoint_once_per_line() {
         .breaker(Arc::new(ConsecutiveFailures::new(1).with_open(
             OpenPolicy::default().with_base_open(Duration::from_secs(60)),
         )))
+        .balancer(Arc::new(fyerrpc::balance::RoundRobin))
+        // Slow enough that calls trip s1's breaker before its second failed
+        // check ejects it as unhealthy.
         .health_check(
             HealthCheckConfig::default()
-                .with_interval(Duration::from_millis(50))
+                .with_interval(Duration::from_millis(300))
                 .with_timeout(Duration::from_millis(500)),
         )
         .build()
@@ -59,10 +62,16 @@ async fn endpoint_states_count_each_endpoint_once_per_line() {
         .unwrap();
     client.ready(Duration::from_secs(5)).await.unwrap();
 
-    // s0: dead. s1: fails calls (breaker) and, through the same fault, its
-    // health checks (two causes). s2: NOT_SERVING. s3: fine.
-    servers[0].kill();
+    // s1: fails calls (breaker) and, through the same fault, its health
+    // checks (two causes). s0: dead. s2: NOT_SERVING. s3: fine.
     servers[1].set_failing(true);
+    for _ in 0..50 {
+        let _ = check(client.clone()).await;
+        if client.stats().instances[1].breaker == "open" {
+            break;
+        }
+    }
+    servers[0].kill();
     servers[2].set_serving(false);
     let expected = [
         ("known", 4.0),
