@@ -58,7 +58,7 @@ fn invalid_flags_exit_non_zero_with_a_message() {
         (SERVER, &["--fail-rate", "1.5"], "outside 0..1"),
         (SERVER, &["--fail-rate", "abc"], "not a number"),
         (SERVER, &["--fail-duration", "ten"], "--fail-duration"),
-        (SERVER, &["--ttl", "0s"], "longer than zero"),
+        (SERVER, &["--ttl", "0s"], "must be between 1s"),
         (SERVER, &["--port", "60000"], "--health-port"),
         (SERVER, &["--port", &port], "cannot listen on"),
         (SERVER, &["--registry", "zookeeper"], "invalid value"),

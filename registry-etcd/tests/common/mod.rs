@@ -301,7 +301,11 @@ impl EtcdCluster {
             }
             match members.iter_mut().try_for_each(EtcdServer::try_wait_ready) {
                 Ok(()) => return Self { members },
-                Err(e) if e.contains("address already in use") => failure = e,
+                // A port taken between choosing and binding it, or a member
+                // that died at start on a loaded machine: start afresh.
+                Err(e) if e.contains("address already in use") || e.contains(" exited with ") => {
+                    failure = e
+                }
                 Err(e) => panic!("{e}"),
             }
         }
