@@ -434,3 +434,22 @@ async fn counters_of_instances_gone_past_the_retention_are_dropped() {
     wait_for(|| client.instances().len() == 3).await;
     assert_eq!(ids(&client), ["s0", "s1", "s3"]);
 }
+
+#[tokio::test]
+async fn a_health_check_of_an_unknown_service_name_counts_as_not_serving() {
+    let (_servers, registry) = cluster();
+    // The servers know only "" (the whole server): the checked name is a
+    // configuration error, reported (logged) and counted as not serving.
+    let client = client(registry, |b| {
+        b.health_check(
+            HealthCheckConfig::default()
+                .with_interval(Duration::from_millis(50))
+                .with_service("no.such.Service"),
+        )
+    })
+    .await;
+    wait_for(|| client.stats().instances.iter().all(|i| !i.healthy)).await;
+    let s0 = client.stats().instances.swap_remove(0);
+    assert!(s0.reachable, "{s0:?}");
+    assert_eq!(s0.ejected_for, ["unhealthy"]);
+}
