@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 use http::HeaderName;
 use tokio::sync::watch;
 
+use super::connect::{EndpointHook, TransportConfig};
 use super::snapshot::{run_discovery, Snapshot};
 use super::{Client, Shared, TaskGuard};
 use crate::balance::{Balancer, LeastRequest};
@@ -63,6 +64,7 @@ pub(crate) struct Config {
     pub selector: Option<Arc<dyn Selector>>,
     pub hash_header: HeaderName,
     pub max_ejection_ratio: f64,
+    pub transport: TransportConfig,
 }
 
 /// Builds a [`Client`]. Defaults:
@@ -78,6 +80,8 @@ pub(crate) struct Config {
 /// | health checks | off |
 /// | max ejection ratio | 0.5: beyond it, ejections are ignored (panic mode) |
 /// | hash header | [`DEFAULT_HASH_HEADER`] |
+/// | transport | plaintext HTTP/2 (h2c); TLS with [`tls`](Self::tls) (feature `tls`) |
+/// | endpoint settings | TCP no-delay, HTTP/2 keep-alive every 30 s while calls are open |
 #[must_use]
 pub struct ClientBuilder {
     service: String,
@@ -111,6 +115,7 @@ impl ClientBuilder {
                 selector: None,
                 hash_header: HeaderName::from_static(DEFAULT_HASH_HEADER),
                 max_ejection_ratio: 0.5,
+                transport: TransportConfig::default(),
             },
         }
     }
@@ -173,6 +178,66 @@ impl ClientBuilder {
         self
     }
 
+    /// Connects to every instance over TLS (feature `tls`): CA roots (a PEM
+    /// certificate, or the system's roots with `with_native_roots`), an
+    /// optional client identity for mutual TLS, and optionally a fixed name
+    /// to verify certificates against (`domain_name`).
+    ///
+    /// Each instance's certificate is verified against, in order, its
+    /// `tls_server_name` metadata ([`TLS_SERVER_NAME_METADATA_KEY`](super::TLS_SERVER_NAME_METADATA_KEY)),
+    /// the fixed domain, or the host of its address. Health checks use the
+    /// same channel, so they run over TLS too. An instance whose metadata
+    /// says it serves plaintext ([`TLS_METADATA_KEY`](super::TLS_METADATA_KEY)
+    /// `= false`) is not dialed: attempts on it fail with
+    /// [`TransportMismatch`](super::TransportMismatch).
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "tls")]
+    /// # async fn demo(registry: std::sync::Arc<dyn fyerrpc::Registry>) -> Result<(), Box<dyn std::error::Error>> {
+    /// use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    /// let ca = std::fs::read("certs/ca.pem")?;
+    /// let tls = ClientTlsConfig::new()
+    ///     .ca_certificate(Certificate::from_pem(ca))
+    ///     // mutual TLS:
+    ///     .identity(Identity::from_pem(std::fs::read("certs/client.pem")?,
+    ///                                  std::fs::read("certs/client.key")?));
+    /// let client = fyerrpc::Client::builder("GreetService", registry)
+    ///     .tls(tls)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: tonic::transport::ClientTlsConfig) -> Self {
+        self.config.transport.tls = Some(tls);
+        self
+    }
+
+    /// Applies `configure` to the tonic [`Endpoint`](tonic::transport::Endpoint)
+    /// of every instance before its channel is created, after the client's
+    /// own settings (connect timeout, TCP no-delay, keep-alive, TLS): window
+    /// sizes, user agent, keep-alive, concurrency limits, etc.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// # fn demo(registry: Arc<dyn fyerrpc::Registry>) -> fyerrpc::ClientBuilder {
+    /// fyerrpc::Client::builder("GreetService", registry).endpoint_config(Arc::new(
+    ///     |endpoint: tonic::transport::Endpoint, _instance: &fyerrpc::Instance| {
+    ///         endpoint
+    ///             .initial_stream_window_size(1 << 20)
+    ///             .http2_keep_alive_interval(Duration::from_secs(10))
+    ///             .concurrency_limit(256)
+    ///     },
+    /// ))
+    /// # }
+    /// ```
+    pub fn endpoint_config(mut self, configure: EndpointHook) -> Self {
+        self.config.transport.hook = Some(configure);
+        self
+    }
+
     fn validate(&self) -> Result<(), ClientError> {
         self.config.failover.validate()?;
         let invalid = |name, reason: &str| {
@@ -196,6 +261,16 @@ impl ClientBuilder {
         if let Some(hc) = &self.config.health_check {
             if hc.interval.is_zero() || hc.timeout.is_zero() {
                 return invalid("health_check", "interval and timeout must be positive");
+            }
+        }
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.config.transport.tls {
+            // tonic reads the certificates and keys when the settings are
+            // applied to an endpoint: try once, so bad PEM fails the build.
+            if let Err(e) = tonic::transport::Endpoint::from_static("https://127.0.0.1:1")
+                .tls_config(tls.clone())
+            {
+                return invalid("tls", &super::connect::describe(&e));
             }
         }
         Ok(())

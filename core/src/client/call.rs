@@ -350,7 +350,18 @@ async fn send(
     guard.disarm();
     let (outcome, resp) = match result {
         Err(_) => (Outcome::TimedOut, None),
-        Ok(Err(e)) => (classify::classify_error(&e), None),
+        Ok(Err(e)) => {
+            let outcome = classify::classify_error(&e);
+            let status = Status::new(
+                outcome.code(),
+                format!(
+                    "{}: {}",
+                    status_for(outcome, at.endpoint()).message(),
+                    super::connect::describe(&e)
+                ),
+            );
+            (outcome, Some(status.into_http()))
+        }
         Ok(Ok(resp)) => match classify::grpc_status(resp.headers()) {
             Some(code) => (Outcome::Status(code), Some(resp)),
             None => return (None, Some(observe(shared, ctx, at, resp, t0))),

@@ -42,12 +42,16 @@
 mod body;
 mod builder;
 mod call;
+mod connect;
 mod endpoint;
 mod handles;
 mod snapshot;
 
 pub use builder::{ClientBuilder, ClientError, DEFAULT_HASH_HEADER};
 pub use call::BoxError;
+pub use connect::{
+    ChannelError, EndpointHook, TransportMismatch, TLS_METADATA_KEY, TLS_SERVER_NAME_METADATA_KEY,
+};
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -51,6 +51,8 @@
 
 mod health;
 mod signal;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub use health::HealthFlag;
 pub use signal::{shutdown_signal, Signal};
@@ -102,6 +104,9 @@ pub enum ServeError {
     /// The gRPC server failed while serving.
     #[error("gRPC server failed: {0}")]
     Transport(#[source] tonic::transport::Error),
+    /// The TLS settings were rejected (unreadable certificate or key).
+    #[error("invalid server TLS settings: {0}")]
+    Tls(#[source] tonic::transport::Error),
     /// The server stopped accepting connections before shutdown was asked.
     #[error("the server stopped accepting connections before shutdown was requested")]
     EndedEarly,
@@ -138,6 +143,8 @@ pub struct Lifecycle {
     reporter: Option<HealthReporter>,
     services: Vec<String>,
     flag: Option<HealthFlag>,
+    #[cfg(feature = "tls")]
+    tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -164,6 +171,8 @@ impl Lifecycle {
             reporter: None,
             services: Vec::new(),
             flag: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
