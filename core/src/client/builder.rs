@@ -178,29 +178,27 @@ impl ClientBuilder {
         self
     }
 
-    /// Connects to every instance over TLS (feature `tls`): CA roots (a PEM
-    /// certificate, or the system's roots with `with_native_roots`), an
-    /// optional client identity for mutual TLS, and optionally a fixed name
-    /// to verify certificates against (`domain_name`).
+    /// Connects to every instance over TLS (feature `tls`): CA roots (PEM
+    /// certificates, or the system's roots), an optional client identity
+    /// for mutual TLS, and optionally a fixed name to verify certificates
+    /// against. See [`crate::tls`].
     ///
     /// Each instance's certificate is verified against, in order, its
     /// `tls_server_name` metadata ([`TLS_SERVER_NAME_METADATA_KEY`](super::TLS_SERVER_NAME_METADATA_KEY)),
     /// the fixed domain, or the host of its address. Health checks use the
-    /// same channel, so they run over TLS too. An instance whose metadata
-    /// says it serves plaintext ([`TLS_METADATA_KEY`](super::TLS_METADATA_KEY)
-    /// `= false`) is not dialed: attempts on it fail with
-    /// [`TransportMismatch`](super::TransportMismatch).
+    /// same channel, so they run over TLS too. A failed handshake, or a
+    /// refused client certificate, fails the connection attempt with a
+    /// [`TlsHandshakeError`](super::TlsHandshakeError) naming the instance
+    /// and the reason. An instance whose metadata says it serves plaintext
+    /// ([`TLS_METADATA_KEY`](super::TLS_METADATA_KEY) `= false`) is not
+    /// dialed: attempts on it fail with [`TransportMismatch`](super::TransportMismatch).
     ///
     /// ```no_run
-    /// # #[cfg(feature = "tls")]
     /// # async fn demo(registry: std::sync::Arc<dyn fyerrpc::Registry>) -> Result<(), Box<dyn std::error::Error>> {
-    /// use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-    /// let ca = std::fs::read("certs/ca.pem")?;
+    /// use fyerrpc::tls::ClientTlsConfig;
     /// let tls = ClientTlsConfig::new()
-    ///     .ca_certificate(Certificate::from_pem(ca))
-    ///     // mutual TLS:
-    ///     .identity(Identity::from_pem(std::fs::read("certs/client.pem")?,
-    ///                                  std::fs::read("certs/client.key")?));
+    ///     .ca_file("certs/ca.pem")?
+    ///     .identity_files("certs/client.pem", "certs/client.key")?; // mutual TLS
     /// let client = fyerrpc::Client::builder("GreetService", registry)
     ///     .tls(tls)
     ///     .build()
@@ -209,8 +207,8 @@ impl ClientBuilder {
     /// # }
     /// ```
     #[cfg(feature = "tls")]
-    pub fn tls(mut self, tls: tonic::transport::ClientTlsConfig) -> Self {
-        self.config.transport.tls = Some(tls);
+    pub fn tls(mut self, tls: crate::tls::ClientTlsConfig) -> Self {
+        self.config.transport.set_tls(tls);
         self
     }
 
@@ -263,15 +261,8 @@ impl ClientBuilder {
                 return invalid("health_check", "interval and timeout must be positive");
             }
         }
-        #[cfg(feature = "tls")]
-        if let Some(tls) = &self.config.transport.tls {
-            // tonic reads the certificates and keys when the settings are
-            // applied to an endpoint: try once, so bad PEM fails the build.
-            if let Err(e) = tonic::transport::Endpoint::from_static("https://127.0.0.1:1")
-                .tls_config(tls.clone())
-            {
-                return invalid("tls", &super::connect::describe(&e));
-            }
+        if let Some(reason) = self.config.transport.tls_error() {
+            return invalid("tls", reason);
         }
         Ok(())
     }

@@ -49,9 +49,10 @@ pub type EndpointHook = Arc<dyn Fn(Endpoint, &Instance) -> Endpoint + Send + Syn
 /// channel it creates.
 #[derive(Clone, Default)]
 pub(crate) struct TransportConfig {
-    /// TLS settings; `None`: plaintext (h2c).
+    /// TLS settings and the rustls configuration built from them (or why it
+    /// could not be built); `None`: plaintext (h2c).
     #[cfg(feature = "tls")]
-    pub tls: Option<tonic::transport::ClientTlsConfig>,
+    tls: Option<Result<tls::Prepared, String>>,
     /// The user's endpoint settings, applied last.
     pub hook: Option<EndpointHook>,
 }
@@ -67,6 +68,21 @@ impl fmt::Debug for TransportConfig {
 }
 
 impl TransportConfig {
+    /// Uses TLS with these settings (checked by [`tls_error`](Self::tls_error)).
+    #[cfg(feature = "tls")]
+    pub(crate) fn set_tls(&mut self, config: crate::tls::ClientTlsConfig) {
+        self.tls = Some(tls::Prepared::new(config).map_err(|e| e.to_string()));
+    }
+
+    /// Why the TLS settings are unusable, if they are.
+    pub(crate) fn tls_error(&self) -> Option<&str> {
+        #[cfg(feature = "tls")]
+        if let Some(Err(e)) = &self.tls {
+            return Some(e);
+        }
+        None
+    }
+
     /// Whether channels use TLS.
     pub(crate) fn tls_enabled(&self) -> bool {
         #[cfg(feature = "tls")]
@@ -96,17 +112,18 @@ pub enum ChannelError {
         #[source]
         source: tonic::transport::Error,
     },
-    /// The TLS settings were rejected (unreadable certificate or key, bad
-    /// server name).
+    /// The TLS settings cannot be used for this instance (e.g. its
+    /// `tls_server_name` is not a valid name).
+    #[cfg(feature = "tls")]
     #[error("instance {id} ({address}): unusable TLS settings: {source}")]
     Tls {
         /// The instance id.
         id: String,
         /// Its address.
         address: String,
-        /// tonic's reason.
+        /// The reason.
         #[source]
-        source: tonic::transport::Error,
+        source: crate::tls::TlsError,
     },
 }
 
@@ -134,6 +151,25 @@ pub enum TransportMismatch {
     },
 }
 
+/// A TLS connection to an instance could not be set up: the handshake
+/// failed, or the instance refused it (or the client's certificate). It
+/// reaches callers inside tonic's `ConnectError`, so the attempt classifies
+/// as not sent.
+#[cfg(feature = "tls")]
+#[derive(Debug, thiserror::Error)]
+#[error("instance {id} ({address}): {reason}")]
+pub struct TlsHandshakeError {
+    /// The instance id.
+    pub id: String,
+    /// Its address.
+    pub address: String,
+    /// What went wrong, in words.
+    pub reason: String,
+    /// The underlying error (rustls' own, in an I/O error), if any.
+    #[source]
+    pub source: Option<std::io::Error>,
+}
+
 /// Whether the instance's metadata says it serves TLS (`None`: not said).
 fn declares_tls(inst: &Instance) -> Option<bool> {
     match inst.meta(TLS_METADATA_KEY)?.trim() {
@@ -152,15 +188,16 @@ pub(crate) fn channel(
     connect_timeout: Duration,
     inst: &Instance,
 ) -> Result<Channel, ChannelError> {
-    let tls = config.tls_enabled();
-    let scheme = if tls { "https" } else { "http" };
-    let uri = format!("{scheme}://{}", inst.address());
-    let endpoint = Endpoint::from_shared(uri).map_err(|source| ChannelError::Address {
+    let address_error = |source| ChannelError::Address {
         id: inst.id().to_owned(),
         address: inst.address().to_owned(),
         source,
-    })?;
-    let mismatch = match (declares_tls(inst), tls) {
+    };
+    // Always the plain scheme: TLS, when used, is this module's connector's
+    // business, not tonic's.
+    let endpoint =
+        Endpoint::from_shared(format!("http://{}", inst.address())).map_err(address_error)?;
+    let mismatch = match (declares_tls(inst), config.tls_enabled()) {
         (Some(true), false) => Some(TransportMismatch::InstanceRequiresTls {
             id: inst.id().to_owned(),
             address: inst.address().to_owned(),
@@ -173,14 +210,6 @@ pub(crate) fn channel(
     };
     if let Some(mismatch) = mismatch {
         tracing::warn!(instance = %inst, error = %mismatch, "instance not usable by this client");
-        // The plain scheme: tonic's own TLS must not run on this channel.
-        let endpoint = Endpoint::from_shared(format!("http://{}", inst.address())).map_err(
-            |source| ChannelError::Address {
-                id: inst.id().to_owned(),
-                address: inst.address().to_owned(),
-                source,
-            },
-        )?;
         return Ok(endpoint.connect_with_connector_lazy(tower::service_fn(
             move |_: http::Uri| {
                 let mismatch = mismatch.clone();
@@ -193,25 +222,27 @@ pub(crate) fn channel(
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(false);
-    #[cfg(feature = "tls")]
-    if let Some(tls) = &config.tls {
-        let mut tls = tls.clone();
-        if let Some(name) = inst.meta(TLS_SERVER_NAME_METADATA_KEY) {
-            tls = tls.domain_name(name);
-        }
-        endpoint = endpoint
-            .tls_config(tls)
-            .map_err(|source| ChannelError::Tls {
-                id: inst.id().to_owned(),
-                address: inst.address().to_owned(),
-                source,
-            })?;
-    }
     if let Some(hook) = &config.hook {
         endpoint = hook(endpoint, inst);
     }
+    #[cfg(feature = "tls")]
+    if let Some(prepared) = &config.tls {
+        let connector = match prepared {
+            Ok(p) => p.connector(inst, connect_timeout),
+            Err(reason) => Err(crate::tls::TlsError::Rustls(reason.clone())),
+        }
+        .map_err(|source| ChannelError::Tls {
+            id: inst.id().to_owned(),
+            address: inst.address().to_owned(),
+            source,
+        })?;
+        return Ok(endpoint.connect_with_connector_lazy(connector));
+    }
     Ok(endpoint.connect_lazy())
 }
+
+#[cfg(feature = "tls")]
+mod tls;
 
 /// The reason an attempt failed, for the caller's status message: every
 /// distinct message of the error's source chain, outermost first.
