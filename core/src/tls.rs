@@ -188,12 +188,10 @@ impl ClientTlsConfig {
     pub(crate) fn build(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
         let mut store = rustls::RootCertStore::empty();
         for cert in &self.roots {
-            store
-                .add(cert.clone())
-                .map_err(|e| TlsError::Pem {
-                    what: "CA certificate",
-                    reason: e.to_string(),
-                })?;
+            store.add(cert.clone()).map_err(|e| TlsError::Pem {
+                what: "CA certificate",
+                reason: e.to_string(),
+            })?;
         }
         if self.native_roots {
             let found = rustls_native_certs::load_native_certs();
@@ -250,7 +248,10 @@ mod tests {
             ClientTlsConfig::new().build(),
             Err(TlsError::Rustls(_))
         ));
-        assert!(matches!(server_name("bad name!"), Err(TlsError::ServerName(_))));
+        assert!(matches!(
+            server_name("bad name!"),
+            Err(TlsError::ServerName(_))
+        ));
         assert!(server_name("127.0.0.1").is_ok());
         assert!(server_name("[::1]").is_ok());
         assert!(server_name("greet.internal").is_ok());

@@ -188,7 +188,7 @@ impl ClientBuilder {
     /// the fixed domain, or the host of its address. Health checks use the
     /// same channel, so they run over TLS too. A failed handshake, or a
     /// refused client certificate, fails the connection attempt with a
-    /// [`TlsHandshakeError`](super::TlsHandshakeError) naming the instance
+    /// [`ConnectFailure`](super::ConnectFailure) naming the instance
     /// and the reason. An instance whose metadata says it serves plaintext
     /// ([`TLS_METADATA_KEY`](super::TLS_METADATA_KEY) `= false`) is not
     /// dialed: attempts on it fail with [`TransportMismatch`](super::TransportMismatch).

@@ -14,6 +14,12 @@
 //! client's TLS settings (`ClientTlsConfig::domain_name`), and the host of
 //! the instance's address.
 //!
+//! Both connectors read the instance's first bytes before HTTP/2 starts, so
+//! that a refused TLS handshake, a refused client certificate, or a server
+//! speaking the other protocol fails the connection attempt with a
+//! [`ConnectFailure`] that names the instance and says why (see the `io`
+//! and `tls` submodules).
+//!
 //! When the metadata says the instance speaks the other protocol (TLS
 //! instance, plaintext client, or the reverse), nothing is dialed: every
 //! attempt on that instance fails at connect time with a
@@ -151,21 +157,21 @@ pub enum TransportMismatch {
     },
 }
 
-/// A TLS connection to an instance could not be set up: the handshake
-/// failed, or the instance refused it (or the client's certificate). It
-/// reaches callers inside tonic's `ConnectError`, so the attempt classifies
-/// as not sent.
-#[cfg(feature = "tls")]
+/// A connection to an instance could not be set up: TCP failed, the TLS
+/// handshake failed, the instance refused the client's certificate, or it
+/// answered in another protocol than the client speaks. It reaches callers
+/// inside tonic's `ConnectError`, so the attempt classifies as not sent.
 #[derive(Debug, thiserror::Error)]
 #[error("instance {id} ({address}): {reason}")]
-pub struct TlsHandshakeError {
+pub struct ConnectFailure {
     /// The instance id.
     pub id: String,
     /// Its address.
     pub address: String,
     /// What went wrong, in words.
     pub reason: String,
-    /// The underlying error (rustls' own, in an I/O error), if any.
+    /// The underlying error (for TLS, rustls' own inside an I/O error), if
+    /// any.
     #[source]
     pub source: Option<std::io::Error>,
 }
@@ -210,12 +216,12 @@ pub(crate) fn channel(
     };
     if let Some(mismatch) = mismatch {
         tracing::warn!(instance = %inst, error = %mismatch, "instance not usable by this client");
-        return Ok(endpoint.connect_with_connector_lazy(tower::service_fn(
-            move |_: http::Uri| {
+        return Ok(
+            endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
                 let mismatch = mismatch.clone();
                 async move { Err::<TokioIo<TcpStream>, _>(mismatch) }
-            },
-        )));
+            })),
+        );
     }
     let mut endpoint = endpoint
         .connect_timeout(connect_timeout)
@@ -238,9 +244,10 @@ pub(crate) fn channel(
         })?;
         return Ok(endpoint.connect_with_connector_lazy(connector));
     }
-    Ok(endpoint.connect_lazy())
+    Ok(endpoint.connect_with_connector_lazy(io::PlainConnector::new(inst, connect_timeout)))
 }
 
+mod io;
 #[cfg(feature = "tls")]
 mod tls;
 
@@ -307,9 +314,13 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(
-            crate::failover::classify::classify_error(&*err),
+            crate::failover::classify::classify_error(&err),
             crate::failover::classify::Outcome::NotSent
         );
-        assert!(describe(&*err).contains("requires TLS"), "{}", describe(&*err));
+        assert!(
+            describe(&err).contains("requires TLS"),
+            "{}",
+            describe(&err)
+        );
     }
 }

@@ -49,10 +49,9 @@ mod snapshot;
 
 pub use builder::{ClientBuilder, ClientError, DEFAULT_HASH_HEADER};
 pub use call::BoxError;
-#[cfg(feature = "tls")]
-pub use connect::TlsHandshakeError;
 pub use connect::{
-    ChannelError, EndpointHook, TransportMismatch, TLS_METADATA_KEY, TLS_SERVER_NAME_METADATA_KEY,
+    ChannelError, ConnectFailure, EndpointHook, TransportMismatch, TLS_METADATA_KEY,
+    TLS_SERVER_NAME_METADATA_KEY,
 };
 
 use std::collections::HashMap;

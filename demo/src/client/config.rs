@@ -151,6 +151,12 @@ pub struct ClientArgs {
     #[arg(long, default_value_t = 10, value_parser = flags::positive)]
     pub concurrency: u64,
 
+    /// TLS: CA of the servers, client certificate and key, fixed server
+    /// name.
+    #[cfg(feature = "tls")]
+    #[command(flatten)]
+    pub tls: crate::tls::ClientTlsArgs,
+
     /// Final metrics format.
     #[arg(long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -204,6 +210,10 @@ impl ClientArgs {
             .breaker(Arc::new(breaker))
             .connect_timeout(self.connect_timeout)
             .request_timeout(self.request_timeout);
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.tls.config()? {
+            builder = builder.tls(tls);
+        }
         if let Some(name) = &self.balancer {
             let balancer = fyerrpc::balance::by_name(name).map_err(ClientRunError::Balancer)?;
             builder = builder.balancer(balancer);
@@ -256,6 +266,10 @@ mod tests {
             &["--request-timeout", "soon"],
             &["--concurrency", "0"],
             &["--output", "xml"],
+            #[cfg(feature = "tls")]
+            &["--tls-cert", "c.pem", "--tls-key", "k.pem"],
+            #[cfg(feature = "tls")]
+            &["--tls-domain", "x"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }

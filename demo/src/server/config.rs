@@ -19,7 +19,7 @@ pub struct ServerArgs {
     /// gRPC port (0 picks a free one).
     #[arg(long, default_value_t = 8001)]
     pub port: u16,
-    /// Interface to listen on (gRPC and health).
+    /// Interface to listen on (gRPC).
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     pub host: IpAddr,
     /// Address registered for clients, host:port [default: the listen
@@ -44,6 +44,14 @@ pub struct ServerArgs {
     /// HTTP port for /health, /status and /metrics [default: port+10000].
     #[arg(long)]
     pub health_port: Option<u16>,
+    /// Interface of the /health, /status and /metrics port (0.0.0.0 to let
+    /// a Prometheus server on another host scrape /metrics).
+    #[arg(long, env = "FYERRPC_HEALTH_HOST", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub health_host: IpAddr,
+    /// TLS: server certificate and key, and the CA of client certificates.
+    #[cfg(feature = "tls")]
+    #[command(flatten)]
+    pub tls: crate::tls::ServerTlsArgs,
     /// How long the registration outlives a stopped keep-alive.
     #[arg(long, default_value = "10s", value_parser = flags::positive_duration)]
     pub ttl: Duration,
@@ -130,6 +138,7 @@ mod tests {
         assert_eq!(a.health_port(), Ok(18001));
         assert_eq!(a.fail_duration, Duration::from_secs(10));
         assert_eq!(a.registry.registry, crate::registry::RegistryKind::Static);
+        assert_eq!(a.health_host, IpAddr::V4(Ipv4Addr::LOCALHOST));
         let a = parse(&["--port", "0"]).unwrap();
         assert_eq!(a.health_port(), Ok(0));
         assert_eq!(
@@ -149,6 +158,7 @@ mod tests {
             &["--ttl", "0s"],
             &["--registry", "zookeeper"],
             &["--fail-after", "-3"],
+            &["--health-host", "somewhere"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }

@@ -17,13 +17,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::{self, pki_types::ServerName, AlertDescription, CertificateError};
 use tokio_rustls::TlsConnector;
 
-use super::super::TlsHandshakeError;
+use super::io::Prefixed;
+use super::ConnectFailure;
 use crate::instance::Instance;
 use crate::tls::{server_name, ClientTlsConfig, TlsError};
 
@@ -81,8 +82,8 @@ type Io = TokioIo<Prefixed<TlsStream<TcpStream>>>;
 
 impl tower::Service<http::Uri> for Connector {
     type Response = Io;
-    type Error = TlsHandshakeError;
-    type Future = Pin<Box<dyn Future<Output = Result<Io, TlsHandshakeError>> + Send>>;
+    type Error = ConnectFailure;
+    type Future = Pin<Box<dyn Future<Output = Result<Io, ConnectFailure>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
@@ -94,8 +95,8 @@ impl tower::Service<http::Uri> for Connector {
     }
 }
 
-async fn connect(t: &Target) -> Result<Io, TlsHandshakeError> {
-    let fail = |reason: String, source: Option<io::Error>| TlsHandshakeError {
+async fn connect(t: &Target) -> Result<Io, ConnectFailure> {
+    let fail = |reason: String, source: Option<io::Error>| ConnectFailure {
         id: t.id.clone(),
         address: t.address.clone(),
         reason,
@@ -133,11 +134,7 @@ async fn connect(t: &Target) -> Result<Io, TlsHandshakeError> {
         Ok(Err(e)) => return Err(fail(handshake_reason(t, &e), Some(e))),
         Err(_) => Vec::new(),
     };
-    Ok(TokioIo::new(Prefixed {
-        prefix,
-        pos: 0,
-        inner: tls,
-    }))
+    Ok(TokioIo::new(Prefixed::new(prefix, tls, 0)))
 }
 
 /// What a TLS failure means, in words.
@@ -187,84 +184,5 @@ fn handshake_reason(t: &Target, e: &io::Error) -> String {
             "the instance does not answer in TLS (does it serve plaintext?)".to_owned()
         }
         _ => "TLS handshake failed".to_owned(),
-    }
-}
-
-/// An I/O stream that first yields bytes already read from it.
-pub(crate) struct Prefixed<T> {
-    prefix: Vec<u8>,
-    pos: usize,
-    inner: T,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.pos < self.prefix.len() {
-            let n = buf.remaining().min(self.prefix.len() - self.pos);
-            let start = self.pos;
-            buf.put_slice(&self.prefix[start..start + n]);
-            self.pos += n;
-            if self.pos == self.prefix.len() {
-                self.prefix = Vec::new();
-                self.pos = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::AsyncWriteExt;
-
-    #[tokio::test]
-    async fn prefixed_streams_replay_then_read_on() {
-        let (a, mut b) = tokio::io::duplex(64);
-        b.write_all(b"world").await.unwrap();
-        drop(b);
-        let mut p = Prefixed {
-            prefix: b"hello ".to_vec(),
-            pos: 0,
-            inner: a,
-        };
-        let mut out = String::new();
-        p.read_to_string(&mut out).await.unwrap();
-        assert_eq!(out, "hello world");
     }
 }
