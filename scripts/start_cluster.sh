@@ -11,6 +11,9 @@
 # Usage: scripts/start_cluster.sh [options] [-- greet-client arguments]
 #   --registry static|etcd|consul   registry backend (default: static, or $FYERRPC_REGISTRY)
 #   --registry-addr ADDR            etcd endpoints or Consul agent address
+#   --tls                           mutual TLS on every gRPC hop: makes a throw-away CA,
+#                                   server and client certificates in scripts/tls/
+#                                   (openssl), servers require client certificates
 #   --release                       build and run optimized binaries
 #   --keep                          leave the servers running after the client
 #                                   (stop them with scripts/stop_cluster.sh)
@@ -21,6 +24,7 @@
 #   scripts/start_cluster.sh
 #   scripts/start_cluster.sh -- --scenario load --requests 5000 --concurrency 50
 #   scripts/start_cluster.sh --registry etcd --registry-addr http://127.0.0.1:2379
+#   scripts/start_cluster.sh --tls
 
 set -euo pipefail
 
@@ -36,6 +40,8 @@ REGISTRY="${FYERRPC_REGISTRY:-static}"
 REGISTRY_ADDR="${FYERRPC_REGISTRY_ADDR:-}"
 PROFILE=debug
 KEEP=0
+TLS=0
+TLS_DIR="$SCRIPT_DIR/tls"
 CLIENT_ARGS=()
 
 usage() { sed -n '2,/^$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
@@ -47,6 +53,7 @@ while [[ $# -gt 0 ]]; do
         --registry-addr) REGISTRY_ADDR="${2:?--registry-addr needs a value}"; shift 2 ;;
         --registry-addr=*) REGISTRY_ADDR="${1#*=}"; shift ;;
         --release) PROFILE=release; shift ;;
+        --tls) TLS=1; shift ;;
         --keep) KEEP=1; shift ;;
         -h|--help) usage; exit 0 ;;
         --) shift; CLIENT_ARGS=("$@"); break ;;
@@ -65,12 +72,49 @@ if [[ -n "$REGISTRY_ADDR" ]]; then
     REGISTRY_FLAGS+=(--registry-addr "$REGISTRY_ADDR")
 fi
 
+# make_certificates: a CA, a server certificate for localhost/127.0.0.1/::1
+# and a client certificate, all signed by the CA, in $TLS_DIR (made anew each
+# run; nothing in it is secret beyond this cluster).
+make_certificates() {
+    command -v openssl >/dev/null || { echo "start_cluster.sh: --tls needs openssl" >&2; exit 2; }
+    rm -rf "$TLS_DIR"
+    mkdir -p "$TLS_DIR"
+    (
+        cd "$TLS_DIR"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+            -subj "/CN=fyerrpc demo CA" -keyout ca.key -out ca.pem 2>/dev/null
+        # leaf NAME CN EXTENSIONS
+        leaf() {
+            openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+                -subj "/CN=$2" -keyout "$1.key" -out "$1.csr" 2>/dev/null
+            printf '%s\n' "$3" >"$1.ext"
+            openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial \
+                -days 2 -extfile "$1.ext" -out "$1.pem" 2>/dev/null
+            rm -f "$1.csr" "$1.ext"
+        }
+        leaf server localhost "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1
+extendedKeyUsage=serverAuth"
+        leaf client greet-client "extendedKeyUsage=clientAuth"
+    )
+    echo "Certificates for mutual TLS in $TLS_DIR (CA, server, client)"
+}
+
 # Build once; the servers and the client run the built binaries.
 echo "Building greet-server and greet-client ($PROFILE)..."
 BUILD=(cargo build --manifest-path "$ROOT/Cargo.toml" -p fyerrpc-demo --bins)
 [[ "$PROFILE" == release ]] && BUILD+=(--release)
 "${BUILD[@]}" ${FEATURES[@]+"${FEATURES[@]}"}
 BIN_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE"
+
+SERVER_TLS_FLAGS=()
+CLIENT_TLS_FLAGS=()
+if [[ "$TLS" == 1 ]]; then
+    make_certificates
+    SERVER_TLS_FLAGS=(--tls-cert "$TLS_DIR/server.pem" --tls-key "$TLS_DIR/server.key"
+        --tls-client-ca "$TLS_DIR/ca.pem")
+    CLIENT_TLS_FLAGS=(--tls-ca "$TLS_DIR/ca.pem" --tls-cert "$TLS_DIR/client.pem"
+        --tls-key "$TLS_DIR/client.key")
+fi
 
 # Leftovers of an earlier run would hold the ports.
 "$SCRIPT_DIR/stop_cluster.sh" --quiet
@@ -99,7 +143,8 @@ start_server() {
     shift 2
     key="$(lower "$name")"
     local log="$LOG_DIR/server_$key.log"
-    "$BIN_DIR/greet-server" --port "$port" --id "server-$name" "${REGISTRY_FLAGS[@]}" "$@" \
+    "$BIN_DIR/greet-server" --port "$port" --id "server-$name" "${REGISTRY_FLAGS[@]}" \
+        ${SERVER_TLS_FLAGS[@]+"${SERVER_TLS_FLAGS[@]}"} "$@" \
         >"$log" 2>&1 </dev/null &
     echo $! >"$RUN_DIR/server_$key.pid"
 }
@@ -143,7 +188,9 @@ PORT_A=$BASE_PORT
 PORT_B=$((BASE_PORT + 1))
 PORT_C=$((BASE_PORT + 2))
 
-echo "Starting server cluster for failover demonstration (registry: $REGISTRY)..."
+TRANSPORT=plaintext
+[[ "$TLS" == 1 ]] && TRANSPORT="mutual TLS"
+echo "Starting server cluster for failover demonstration (registry: $REGISTRY, $TRANSPORT)..."
 echo "Starting Server A (Port $PORT_A) - Fails after 100 requests for 10s"
 start_server A "$PORT_A" --fail-after 100 --fail-duration 10s
 echo "Starting Server B (Port $PORT_B) - 10% random failure rate"
@@ -156,6 +203,6 @@ wait_healthy B "$PORT_B"
 wait_healthy C "$PORT_C"
 
 echo "Starting failover client demo (log: $LOG_DIR/client.log)..."
-"$BIN_DIR/greet-client" "${REGISTRY_FLAGS[@]}" \
+"$BIN_DIR/greet-client" "${REGISTRY_FLAGS[@]}" ${CLIENT_TLS_FLAGS[@]+"${CLIENT_TLS_FLAGS[@]}"} \
     --servers "localhost:$PORT_A,localhost:$PORT_B,localhost:$PORT_C" \
     ${CLIENT_ARGS[@]+"${CLIENT_ARGS[@]}"} 2>&1 | tee "$LOG_DIR/client.log"
