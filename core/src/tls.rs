@@ -1,6 +1,6 @@
 //! TLS settings of the client (feature `tls`).
 //!
-//! [`ClientTls`] holds what a client needs to talk TLS to every instance:
+//! [`ClientTlsConfig`] holds what a client needs to talk TLS to every instance:
 //! the CA roots that instance certificates must chain to (PEM certificates,
 //! and/or the system's roots), an optional client identity for mutual TLS,
 //! and an optional fixed name to verify certificates against. Pass it to

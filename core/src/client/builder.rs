@@ -80,7 +80,7 @@ pub(crate) struct Config {
 /// | health checks | off |
 /// | max ejection ratio | 0.5: beyond it, ejections are ignored (panic mode) |
 /// | hash header | [`DEFAULT_HASH_HEADER`] |
-/// | transport | plaintext HTTP/2 (h2c); TLS with [`tls`](Self::tls) (feature `tls`) |
+/// | transport | plaintext HTTP/2 (h2c); TLS with `tls(...)` (feature `tls`) |
 /// | endpoint settings | TCP no-delay, HTTP/2 keep-alive every 30 s while calls are open |
 #[must_use]
 pub struct ClientBuilder {
