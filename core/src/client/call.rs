@@ -352,15 +352,17 @@ async fn send(
         Err(_) => (Outcome::TimedOut, None),
         Ok(Err(e)) => {
             let outcome = classify::classify_error(&e);
-            let status = Status::new(
-                outcome.code(),
-                format!(
+            // Why the instance could not be reached (refused certificate,
+            // protocol mismatch, ...) goes into the caller's status.
+            let resp = (outcome != Outcome::TimedOut).then(|| {
+                let message = format!(
                     "{}: {}",
                     status_for(outcome, at.endpoint()).message(),
                     super::connect::describe(&e)
-                ),
-            );
-            (outcome, Some(status.into_http()))
+                );
+                Status::new(outcome.code(), message).into_http()
+            });
+            (outcome, resp)
         }
         Ok(Ok(resp)) => match classify::grpc_status(resp.headers()) {
             Some(code) => (Outcome::Status(code), Some(resp)),
