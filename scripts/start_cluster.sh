@@ -11,6 +11,9 @@
 # Usage: scripts/start_cluster.sh [options] [-- greet-client arguments]
 #   --registry static|etcd|consul   registry backend (default: static, or $FYERRPC_REGISTRY)
 #   --registry-addr ADDR            etcd endpoints or Consul agent address
+#   --tls                           mutual TLS on every gRPC hop: makes a throw-away CA,
+#                                   server and client certificates in scripts/tls/
+#                                   (openssl), servers require client certificates
 #   --release                       build and run optimized binaries
 #   --output table|json             the client's final report: a table (default),
 #                                   or one line of JSON on stdout (everything
@@ -26,6 +29,7 @@
 #   scripts/start_cluster.sh -- --scenario load --requests 5000 --concurrency 50
 #   scripts/start_cluster.sh --registry etcd --registry-addr http://127.0.0.1:2379
 #   scripts/start_cluster.sh --output json > report.json
+#   scripts/start_cluster.sh --tls
 
 set -euo pipefail
 
@@ -42,6 +46,8 @@ REGISTRY_ADDR="${FYERRPC_REGISTRY_ADDR:-}"
 PROFILE=debug
 KEEP=0
 OUTPUT=table
+TLS=0
+TLS_DIR="$SCRIPT_DIR/tls"
 CLIENT_ARGS=()
 
 usage() { sed -n '2,/^$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
@@ -55,6 +61,7 @@ while [[ $# -gt 0 ]]; do
         --release) PROFILE=release; shift ;;
         --output) OUTPUT="${2:?--output needs a value}"; shift 2 ;;
         --output=*) OUTPUT="${1#*=}"; shift ;;
+        --tls) TLS=1; shift ;;
         --keep) KEEP=1; shift ;;
         -h|--help) usage; exit 0 ;;
         --) shift; CLIENT_ARGS=("$@"); break ;;
@@ -83,12 +90,49 @@ if [[ -n "$REGISTRY_ADDR" ]]; then
     REGISTRY_FLAGS+=(--registry-addr "$REGISTRY_ADDR")
 fi
 
+# make_certificates: a CA, a server certificate for localhost/127.0.0.1/::1
+# and a client certificate, all signed by the CA, in $TLS_DIR (made anew each
+# run; nothing in it is secret beyond this cluster).
+make_certificates() {
+    command -v openssl >/dev/null || { echo "start_cluster.sh: --tls needs openssl" >&2; exit 2; }
+    rm -rf "$TLS_DIR"
+    mkdir -p "$TLS_DIR"
+    (
+        cd "$TLS_DIR"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+            -subj "/CN=fyerrpc demo CA" -keyout ca.key -out ca.pem 2>/dev/null
+        # leaf NAME CN EXTENSIONS
+        leaf() {
+            openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+                -subj "/CN=$2" -keyout "$1.key" -out "$1.csr" 2>/dev/null
+            printf '%s\n' "$3" >"$1.ext"
+            openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial \
+                -days 2 -extfile "$1.ext" -out "$1.pem" 2>/dev/null
+            rm -f "$1.csr" "$1.ext"
+        }
+        leaf server localhost "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1
+extendedKeyUsage=serverAuth"
+        leaf client greet-client "extendedKeyUsage=clientAuth"
+    )
+    say "Certificates for mutual TLS in $TLS_DIR (CA, server, client)"
+}
+
 # Build once; the servers and the client run the built binaries.
 say "Building greet-server and greet-client ($PROFILE)..."
 BUILD=(cargo build --manifest-path "$ROOT/Cargo.toml" -p fyerrpc-demo --bins)
 [[ "$PROFILE" == release ]] && BUILD+=(--release)
 "${BUILD[@]}" ${FEATURES[@]+"${FEATURES[@]}"}
 BIN_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE"
+
+SERVER_TLS_FLAGS=()
+CLIENT_TLS_FLAGS=()
+if [[ "$TLS" == 1 ]]; then
+    make_certificates
+    SERVER_TLS_FLAGS=(--tls-cert "$TLS_DIR/server.pem" --tls-key "$TLS_DIR/server.key"
+        --tls-client-ca "$TLS_DIR/ca.pem")
+    CLIENT_TLS_FLAGS=(--tls-ca "$TLS_DIR/ca.pem" --tls-cert "$TLS_DIR/client.pem"
+        --tls-key "$TLS_DIR/client.key")
+fi
 
 # Leftovers of an earlier run would hold the ports.
 "$SCRIPT_DIR/stop_cluster.sh" --quiet
@@ -117,7 +161,8 @@ start_server() {
     shift 2
     key="$(lower "$name")"
     local log="$LOG_DIR/server_$key.log"
-    "$BIN_DIR/greet-server" --port "$port" --id "server-$name" "${REGISTRY_FLAGS[@]}" "$@" \
+    "$BIN_DIR/greet-server" --port "$port" --id "server-$name" "${REGISTRY_FLAGS[@]}" \
+        ${SERVER_TLS_FLAGS[@]+"${SERVER_TLS_FLAGS[@]}"} "$@" \
         >"$log" 2>&1 </dev/null &
     echo $! >"$RUN_DIR/server_$key.pid"
 }
@@ -161,7 +206,9 @@ PORT_A=$BASE_PORT
 PORT_B=$((BASE_PORT + 1))
 PORT_C=$((BASE_PORT + 2))
 
-say "Starting server cluster for failover demonstration (registry: $REGISTRY)..."
+TRANSPORT=plaintext
+[[ "$TLS" == 1 ]] && TRANSPORT="mutual TLS"
+say "Starting server cluster for failover demonstration (registry: $REGISTRY, $TRANSPORT)..."
 say "Starting Server A (Port $PORT_A) - Fails after 100 requests for 10s"
 start_server A "$PORT_A" --fail-after 100 --fail-duration 10s
 say "Starting Server B (Port $PORT_B) - 10% random failure rate"
@@ -173,7 +220,7 @@ wait_healthy A "$PORT_A"
 wait_healthy B "$PORT_B"
 wait_healthy C "$PORT_C"
 
-CLIENT=("$BIN_DIR/greet-client" "${REGISTRY_FLAGS[@]}"
+CLIENT=("$BIN_DIR/greet-client" "${REGISTRY_FLAGS[@]}" ${CLIENT_TLS_FLAGS[@]+"${CLIENT_TLS_FLAGS[@]}"}
     --servers "localhost:$PORT_A,localhost:$PORT_B,localhost:$PORT_C")
 if [[ "$OUTPUT" == json ]]; then
     say "Starting failover client demo (log: $LOG_DIR/client.log, report: $LOG_DIR/client.json)..."

@@ -1,7 +1,9 @@
 //! End to end on loopback: unary `SayHello` at concurrency 1, 16 and 64
 //! through a plain tonic channel to one server, tonic's balanced channel
 //! over three servers, and the fyerrpc client over the same three servers
-//! (p2c, breaker, failover). Servers and clients share one tokio runtime
+//! (p2c, breaker, failover); then, over a second cluster of three servers
+//! serving TLS, a plain tonic channel over TLS to one server and the
+//! fyerrpc client over TLS. Servers and clients share one tokio runtime
 //! with a worker per core.
 //!
 //! Each iteration is a batch of [`BATCH`] calls spread over the concurrent
@@ -34,9 +36,15 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .enable_all()
         .build()?;
     let cluster = rt.block_on(async { Cluster::start(SERVERS) })?;
+    let tls_cluster = rt.block_on(async { Cluster::start_tls(SERVERS) })?;
     let mut callers = Vec::new();
-    for target in Target::ALL {
-        callers.push((target, rt.block_on(Caller::connect(target, &cluster))?));
+    for target in Target::ALL.into_iter().chain(Target::TLS) {
+        let c = if target.is_tls() {
+            &tls_cluster
+        } else {
+            &cluster
+        };
+        callers.push((target, rt.block_on(Caller::connect(target, c))?));
     }
 
     let wall: Tally<Key> = Tally::default();
@@ -75,6 +83,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     }
     drop(callers);
     drop(cluster);
+    drop(tls_cluster);
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(())
 }
@@ -111,9 +120,34 @@ fn summary(wall: &Tally<Key>, cpu: &Tally<Key>) -> String {
             cpu_us(Target::Fyerrpc),
         ]);
     }
+    let mut tls = Table::new([
+        "concurrency",
+        "tonic TLS (calls/s)",
+        "fyerrpc TLS (calls/s)",
+        "fyerrpc TLS / tonic TLS",
+        "CPU µs/call: tonic TLS",
+        "fyerrpc TLS",
+    ]);
+    for conc in CONCURRENCY {
+        let rate = |target| wall.per_second(&(conc, target));
+        let cell = |target| rate(target).map_or("-".to_owned(), thousands);
+        let cpu_us = |target| {
+            cpu.nanos_per(&(conc, target))
+                .map_or("-".to_owned(), |ns| format!("{:.1}", ns / 1e3))
+        };
+        tls.row([
+            conc.to_string(),
+            cell(Target::TonicTls),
+            cell(Target::FyerrpcTls),
+            ratio(rate(Target::FyerrpcTls), rate(Target::TonicTls)),
+            cpu_us(Target::TonicTls),
+            cpu_us(Target::FyerrpcTls),
+        ]);
+    }
     format!(
         "End to end, unary SayHello on loopback ({SERVERS} servers; mean over this run; \
-         CPU is the whole process, clients and servers):\n\n{}",
-        t.render()
+         CPU is the whole process, clients and servers):\n\n{}\n\nOver TLS (same run):\n\n{}",
+        t.render(),
+        tls.render()
     )
 }

@@ -13,7 +13,7 @@ use fyerrpc_demo::proto::HelloRequest;
 use fyerrpc_registry_static::StaticRegistry;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::Status;
 
 use crate::server::Cluster;
@@ -36,11 +36,24 @@ pub enum Target {
     /// The fyerrpc client over every server: p2c (least request), circuit
     /// breaker and failover on.
     Fyerrpc,
+    /// A plain tonic `Channel` to the first server of a TLS cluster (tonic's
+    /// rustls).
+    TonicTls,
+    /// The fyerrpc client, as [`Target::Fyerrpc`], over a TLS cluster.
+    FyerrpcTls,
 }
 
 impl Target {
     /// Every target, in table order.
     pub const ALL: [Target; 3] = [Target::Tonic, Target::TonicBalanced, Target::Fyerrpc];
+
+    /// The targets that need a TLS cluster ([`Cluster::start_tls`]).
+    pub const TLS: [Target; 2] = [Target::TonicTls, Target::FyerrpcTls];
+
+    /// Whether the target talks TLS.
+    pub fn is_tls(self) -> bool {
+        matches!(self, Target::TonicTls | Target::FyerrpcTls)
+    }
 
     /// The target's name in benchmark ids and tables.
     pub fn name(self) -> &'static str {
@@ -48,6 +61,8 @@ impl Target {
             Target::Tonic => "tonic",
             Target::TonicBalanced => "tonic_balanced",
             Target::Fyerrpc => "fyerrpc",
+            Target::TonicTls => "tonic_tls",
+            Target::FyerrpcTls => "fyerrpc_tls",
         }
     }
 }
@@ -81,7 +96,11 @@ pub async fn fyerrpc_client(cluster: &Cluster) -> Result<Client, Box<dyn Error +
         SERVICE,
         &cluster.address_list(),
     )?);
-    let client = Client::builder(SERVICE, registry)
+    let mut builder = Client::builder(SERVICE, registry);
+    if let Some(ca) = cluster.ca_pem() {
+        builder = builder.tls(fyerrpc::tls::ClientTlsConfig::new().ca_pem(ca)?);
+    }
+    let client = builder
         .balancer(balance::by_name("p2c")?)
         .breaker(Arc::new(ConsecutiveFailures::new(5).with_open(
             OpenPolicy::default().with_base_open(Duration::from_secs(5)),
@@ -106,6 +125,9 @@ impl Caller {
         cluster: &Cluster,
     ) -> Result<Self, Box<dyn Error + Send + Sync>> {
         let first = *cluster.addrs().first().ok_or("the cluster has no server")?;
+        if target.is_tls() != cluster.ca_pem().is_some() {
+            return Err(format!("{target} needs a cluster with TLS {}", target.is_tls()).into());
+        }
         let caller = match target {
             Target::Tonic => {
                 Caller::Channel(GreetServiceClient::new(endpoint(first)?.connect().await?))
@@ -120,8 +142,16 @@ impl Caller {
                     endpoints.into_iter(),
                 )))
             }
-            Target::Fyerrpc => {
+            Target::Fyerrpc | Target::FyerrpcTls => {
                 Caller::Fyerrpc(GreetServiceClient::new(fyerrpc_client(cluster).await?))
+            }
+            Target::TonicTls => {
+                let ca = cluster.ca_pem().unwrap_or_default();
+                let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+                let endpoint = Endpoint::from_shared(format!("https://{first}"))?
+                    .connect_timeout(Duration::from_secs(1))
+                    .tls_config(tls)?;
+                Caller::Channel(GreetServiceClient::new(endpoint.connect().await?))
             }
         };
         // Enough concurrent calls that every server gets some.

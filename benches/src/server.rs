@@ -8,7 +8,7 @@ use fyerrpc_demo::proto::{HelloRequest, HelloResponse, StatsRequest, StatsRespon
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::Server;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
 /// The greet service as the benchmarks need it: `SayHello` answers at once,
@@ -52,6 +52,7 @@ impl GreetService for Greeter {
 #[derive(Debug)]
 pub struct Cluster {
     addrs: Vec<SocketAddr>,
+    ca_pem: Option<String>,
     stops: Vec<oneshot::Sender<()>>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -60,7 +61,36 @@ impl Cluster {
     /// Starts `n` servers on `127.0.0.1`, each on a port the OS picks. Must be
     /// called inside a tokio runtime; the servers run on it.
     pub fn start(n: usize) -> std::io::Result<Self> {
+        Self::start_with(n, None, None)
+    }
+
+    /// Like [`start`](Self::start), serving TLS with a certificate for
+    /// `127.0.0.1` signed by a CA made for the run ([`ca_pem`](Self::ca_pem)).
+    pub fn start_tls(n: usize) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+        let ca_key = KeyPair::generate()?;
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "bench CA");
+        let ca_pem = ca.self_signed(&ca_key)?.pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate()?;
+        let mut leaf = CertificateParams::new(Vec::<String>::new())?;
+        leaf.subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        let cert = leaf.signed_by(&key, &issuer)?;
+        let tls =
+            ServerTlsConfig::new().identity(Identity::from_pem(cert.pem(), key.serialize_pem()));
+        Ok(Self::start_with(n, Some(tls), Some(ca_pem))?)
+    }
+
+    fn start_with(
+        n: usize,
+        tls: Option<ServerTlsConfig>,
+        ca_pem: Option<String>,
+    ) -> std::io::Result<Self> {
         let mut cluster = Self {
+            ca_pem,
             addrs: Vec::with_capacity(n),
             stops: Vec::with_capacity(n),
             tasks: Vec::with_capacity(n),
@@ -70,7 +100,13 @@ impl Cluster {
                 TcpIncoming::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?.with_nodelay(Some(true));
             cluster.addrs.push(incoming.local_addr()?);
             let (stop, stopped) = oneshot::channel::<()>();
-            let serve = Server::builder()
+            let mut builder = Server::builder();
+            if let Some(tls) = &tls {
+                builder = builder
+                    .tls_config(tls.clone())
+                    .map_err(std::io::Error::other)?;
+            }
+            let serve = builder
                 .add_service(GreetServiceServer::new(Greeter { id }))
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;
@@ -83,6 +119,11 @@ impl Cluster {
             }));
         }
         Ok(cluster)
+    }
+
+    /// The CA certificate (PEM) of a TLS cluster.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
     }
 
     /// The servers' addresses.

@@ -18,6 +18,7 @@
 //! | [`client`] | the resilient client: a `tower::Service` tonic clients use |
 //! | [`server`] | registration lifecycle for servers |
 //! | [`metrics`] | every metric name, and the in-process stats snapshot |
+//! | `tls` | TLS settings of the client (feature `tls`) |
 
 #![warn(missing_docs)]
 
@@ -31,6 +32,8 @@ pub mod instance;
 pub mod metrics;
 pub mod registry;
 pub mod server;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use balance::Balancer;
 pub use breaker::Breaker;

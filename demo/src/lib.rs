@@ -12,6 +12,7 @@
 //! | [`server`] | `greet-server`: service, fault detector, health port, metrics |
 //! | [`client`] | `greet-client`: scenarios and the final report |
 //! | [`registry`] | choosing a registry backend from flags |
+//! | `tls` | TLS flags of both binaries (feature `tls`) |
 
 #![warn(missing_docs)]
 
@@ -21,6 +22,8 @@ pub mod logging;
 pub mod proto;
 pub mod registry;
 pub mod server;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 /// An error and its sources, joined with ": ".
 pub fn error_chain(error: &dyn std::error::Error) -> String {

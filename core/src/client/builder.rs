@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use http::HeaderName;
 use tokio::sync::{broadcast, watch, Notify};
 
+use super::connect::{EndpointHook, TransportConfig};
 use super::snapshot::{run_discovery, Snapshot};
 use super::{Client, Shared, TaskGuard};
 use crate::balance::{Balancer, LeastRequest};
@@ -69,6 +70,7 @@ pub(crate) struct Config {
     pub reconnect_base: Duration,
     pub reconnect_max: Duration,
     pub stats_retention: Duration,
+    pub transport: TransportConfig,
 }
 
 /// Default time the counters of an instance that left are kept.
@@ -90,6 +92,8 @@ pub const DEFAULT_STATS_RETENTION: Duration = Duration::from_secs(300);
 /// | reconnect probes | from 200 ms, ×1.6, at most 5 s apart |
 /// | stats retention | 5 min: counters of instances gone for longer are dropped |
 /// | hash header | [`DEFAULT_HASH_HEADER`] |
+/// | transport | plaintext HTTP/2 (h2c); TLS with `tls(...)` (feature `tls`) |
+/// | endpoint settings | TCP no-delay, HTTP/2 keep-alive every 30 s while calls are open |
 #[must_use]
 pub struct ClientBuilder {
     service: String,
@@ -127,6 +131,7 @@ impl ClientBuilder {
                 reconnect_base: super::DEFAULT_RECONNECT_BASE,
                 reconnect_max: super::DEFAULT_RECONNECT_MAX,
                 stats_retention: DEFAULT_STATS_RETENTION,
+                transport: TransportConfig::default(),
             },
         }
     }
@@ -219,6 +224,64 @@ impl ClientBuilder {
         self
     }
 
+    /// Connects to every instance over TLS (feature `tls`): CA roots (PEM
+    /// certificates, or the system's roots), an optional client identity
+    /// for mutual TLS, and optionally a fixed name to verify certificates
+    /// against. See [`crate::tls`].
+    ///
+    /// Each instance's certificate is verified against, in order, its
+    /// `tls_server_name` metadata ([`TLS_SERVER_NAME_METADATA_KEY`](super::TLS_SERVER_NAME_METADATA_KEY)),
+    /// the fixed domain, or the host of its address. Health checks use the
+    /// same channel, so they run over TLS too. A failed handshake, or a
+    /// refused client certificate, fails the connection attempt with a
+    /// [`ConnectFailure`](super::ConnectFailure) naming the instance
+    /// and the reason. An instance whose metadata says it serves plaintext
+    /// ([`TLS_METADATA_KEY`](super::TLS_METADATA_KEY) `= false`) is not
+    /// dialed: attempts on it fail with [`TransportMismatch`](super::TransportMismatch).
+    ///
+    /// ```no_run
+    /// # async fn demo(registry: std::sync::Arc<dyn fyerrpc::Registry>) -> Result<(), Box<dyn std::error::Error>> {
+    /// use fyerrpc::tls::ClientTlsConfig;
+    /// let tls = ClientTlsConfig::new()
+    ///     .ca_file("certs/ca.pem")?
+    ///     .identity_files("certs/client.pem", "certs/client.key")?; // mutual TLS
+    /// let client = fyerrpc::Client::builder("GreetService", registry)
+    ///     .tls(tls)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::tls::ClientTlsConfig) -> Self {
+        self.config.transport.set_tls(tls);
+        self
+    }
+
+    /// Applies `configure` to the tonic [`Endpoint`](tonic::transport::Endpoint)
+    /// of every instance before its channel is created, after the client's
+    /// own settings (connect timeout, TCP no-delay, keep-alive, TLS): window
+    /// sizes, user agent, keep-alive, concurrency limits, etc.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// # fn demo(registry: Arc<dyn fyerrpc::Registry>) -> fyerrpc::ClientBuilder {
+    /// fyerrpc::Client::builder("GreetService", registry).endpoint_config(Arc::new(
+    ///     |endpoint: tonic::transport::Endpoint, _instance: &fyerrpc::Instance| {
+    ///         endpoint
+    ///             .initial_stream_window_size(1 << 20)
+    ///             .http2_keep_alive_interval(Duration::from_secs(10))
+    ///             .concurrency_limit(256)
+    ///     },
+    /// ))
+    /// # }
+    /// ```
+    pub fn endpoint_config(mut self, configure: EndpointHook) -> Self {
+        self.config.transport.hook = Some(configure);
+        self
+    }
+
     fn validate(&self) -> Result<(), ClientError> {
         self.config.failover.validate()?;
         let invalid = |name, reason: &str| {
@@ -251,6 +314,9 @@ impl ClientBuilder {
             if hc.interval.is_zero() || hc.timeout.is_zero() {
                 return invalid("health_check", "interval and timeout must be positive");
             }
+        }
+        if let Some(reason) = self.config.transport.tls_error() {
+            return invalid("tls", reason);
         }
         Ok(())
     }

@@ -86,20 +86,25 @@ struct LastFailure {
 impl LastFailure {
     fn into_response(self) -> Response<Body> {
         self.response.unwrap_or_else(|| {
-            let what = match self.outcome {
-                Outcome::Unreachable => "could not connect to",
-                Outcome::NotSent => "request refused by",
-                Outcome::TransportError => "connection failed to",
-                Outcome::TimedOut => "timed out waiting for",
-                Outcome::Status(_) => "error from",
-            };
             Status::new(
                 self.outcome.code(),
-                format!("{what} instance {} ({})", self.id, self.address),
+                failure_message(self.outcome, &self.id, &self.address),
             )
             .into_http()
         })
     }
+}
+
+/// What went wrong with an attempt on instance `id` at `address`.
+fn failure_message(outcome: Outcome, id: &str, address: &str) -> String {
+    let what = match outcome {
+        Outcome::Unreachable => "could not connect to",
+        Outcome::NotSent => "request refused by",
+        Outcome::TransportError => "connection failed to",
+        Outcome::TimedOut => "timed out waiting for",
+        Outcome::Status(_) => "error from",
+    };
+    format!("{what} instance {id} ({address})")
 }
 
 /// A picked endpoint and what its breaker granted (`None`: picked in panic
@@ -561,7 +566,17 @@ async fn send(
             let outcome = classify::classify_error(&e);
             tracing::debug!(instance = %core.id, outcome = outcome.label(), error = ?e,
                 "attempt failed in transport");
-            (outcome, None)
+            // Why the instance could not be reached (refused certificate,
+            // protocol mismatch, ...) goes into the caller's status.
+            let resp = (outcome != Outcome::TimedOut).then(|| {
+                let message = format!(
+                    "{}: {}",
+                    failure_message(outcome, &core.id, &core.address),
+                    super::connect::describe(&e)
+                );
+                Status::new(outcome.code(), message).into_http()
+            });
+            (outcome, resp)
         }
         Ok(Ok(resp)) => match classify::grpc_status(resp.headers()) {
             Some(code) => (Outcome::Status(code), Some(resp)),

@@ -60,6 +60,7 @@
 mod body;
 mod builder;
 mod call;
+mod connect;
 mod eligibility;
 mod endpoint;
 mod events;
@@ -69,6 +70,10 @@ mod snapshot;
 
 pub use builder::{ClientBuilder, ClientError, DEFAULT_HASH_HEADER, DEFAULT_STATS_RETENTION};
 pub use call::{BoxError, WaitForReady};
+pub use connect::{
+    ChannelError, ConnectFailure, EndpointHook, TransportMismatch, TLS_METADATA_KEY,
+    TLS_SERVER_NAME_METADATA_KEY,
+};
 pub use events::BreakerEvent;
 pub use reconnect::{DEFAULT_RECONNECT_BASE, DEFAULT_RECONNECT_MAX};
 

@@ -6,8 +6,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tonic::transport::Endpoint as TonicEndpoint;
 
+use super::connect;
 use super::endpoint::{Endpoint, EndpointCore};
 use super::Shared;
 use crate::balance::{Candidate, Picker};
@@ -79,15 +79,14 @@ pub(crate) fn next_snapshot(
 }
 
 fn new_core(shared: &Arc<Shared>, inst: &Instance) -> Option<Arc<EndpointCore>> {
-    let channel = match TonicEndpoint::from_shared(inst.uri()) {
-        Ok(ep) => ep
-            .connect_timeout(shared.config.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(false)
-            .connect_lazy(),
+    let channel = match connect::channel(
+        &shared.config.transport,
+        shared.config.connect_timeout,
+        inst,
+    ) {
+        Ok(channel) => channel,
         Err(e) => {
-            tracing::warn!(instance = %inst, error = %e, "skipping instance with an unusable address");
+            tracing::warn!(instance = %inst, error = %e, "skipping instance: no channel");
             return None;
         }
     };

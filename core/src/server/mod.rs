@@ -54,6 +54,8 @@
 
 mod health;
 mod signal;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub use health::HealthFlag;
 pub use signal::{shutdown_signal, Signal};
@@ -108,6 +110,9 @@ pub enum ServeError {
     /// The gRPC server failed while serving.
     #[error("gRPC server failed: {0}")]
     Transport(#[source] tonic::transport::Error),
+    /// The TLS settings were rejected (unreadable certificate or key).
+    #[error("invalid server TLS settings: {0}")]
+    Tls(#[source] tonic::transport::Error),
     /// The server stopped accepting connections before shutdown was asked.
     #[error("the server stopped accepting connections before shutdown was requested")]
     EndedEarly,
@@ -146,6 +151,8 @@ pub struct Lifecycle {
     services: Vec<String>,
     flag: Option<HealthFlag>,
     background: bool,
+    #[cfg(feature = "tls")]
+    tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -176,6 +183,8 @@ impl Lifecycle {
             services: Vec::new(),
             flag: None,
             background: false,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 

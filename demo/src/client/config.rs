@@ -152,6 +152,12 @@ pub struct ClientArgs {
     #[arg(long, default_value_t = 10, value_parser = flags::positive)]
     pub concurrency: u64,
 
+    /// TLS: CA of the servers, client certificate and key, fixed server
+    /// name.
+    #[cfg(feature = "tls")]
+    #[command(flatten)]
+    pub tls: crate::tls::ClientTlsArgs,
+
     /// Final metrics format.
     #[arg(long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -205,6 +211,10 @@ impl ClientArgs {
             .breaker(Arc::new(breaker))
             .connect_timeout(self.connect_timeout)
             .request_timeout(self.request_timeout);
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.tls.config()? {
+            builder = builder.tls(tls);
+        }
         if let Some(name) = &self.balancer {
             let balancer = fyerrpc::balance::by_name(name).map_err(ClientRunError::Balancer)?;
             builder = builder.balancer(balancer);
@@ -262,6 +272,10 @@ mod tests {
             &["--output", "xml"],
             &["--duration", "0s"],
             &["--requests", "5", "--duration", "1s"],
+            #[cfg(feature = "tls")]
+            &["--tls-cert", "c.pem", "--tls-key", "k.pem"],
+            #[cfg(feature = "tls")]
+            &["--tls-domain", "x"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }

@@ -35,6 +35,10 @@ pub enum ClientRunError {
     /// The balancer name is unknown.
     #[error(transparent)]
     Balancer(fyerrpc::balance::UnknownPolicy),
+    /// The TLS flags do not give usable settings.
+    #[cfg(feature = "tls")]
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsSetupError),
 }
 
 /// Builds the client, waits for instances, runs the scenario and returns

@@ -19,7 +19,7 @@ pub struct ServerArgs {
     /// gRPC port (0 picks a free one).
     #[arg(long, default_value_t = 8001)]
     pub port: u16,
-    /// Interface to listen on (gRPC and health).
+    /// Interface to listen on (gRPC).
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     pub host: IpAddr,
     /// Address registered for clients, host:port [default: the listen
@@ -44,6 +44,14 @@ pub struct ServerArgs {
     /// HTTP port for /health, /status and /metrics [default: port+10000].
     #[arg(long)]
     pub health_port: Option<u16>,
+    /// Interface of the /health, /status and /metrics port (0.0.0.0 to let
+    /// a Prometheus server on another host scrape /metrics).
+    #[arg(long, env = "FYERRPC_HEALTH_HOST", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub health_host: IpAddr,
+    /// TLS: server certificate and key, and the CA of client certificates.
+    #[cfg(feature = "tls")]
+    #[command(flatten)]
+    pub tls: crate::tls::ServerTlsArgs,
     /// How long the registration outlives a stopped keep-alive (1s to 24h).
     #[arg(long, default_value = "10s", value_parser = flags::ttl)]
     pub ttl: Duration,
@@ -139,6 +147,7 @@ mod tests {
         assert_eq!(a.fail_duration, Duration::from_secs(10));
         assert_eq!(a.registry.registry, crate::registry::RegistryKind::Static);
         assert!(!a.register_in_background);
+        assert_eq!(a.health_host, IpAddr::V4(Ipv4Addr::LOCALHOST));
         let a = parse(&["--port", "0", "--register-in-background"]).unwrap();
         assert!(a.register_in_background);
         assert_eq!(a.health_port(), Ok(0));
@@ -161,6 +170,7 @@ mod tests {
             &["--ttl", "1000d"],
             &["--registry", "zookeeper"],
             &["--fail-after", "-3"],
+            &["--health-host", "somewhere"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }

@@ -13,7 +13,7 @@ pub mod metrics;
 pub mod service;
 
 use std::future::{Future, IntoFuture};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,10 @@ pub enum ServerError {
     /// The health port's listener could not be read.
     #[error("health port: {0}")]
     Http(#[source] std::io::Error),
+    /// The TLS flags do not give usable settings.
+    #[cfg(feature = "tls")]
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsSetupError),
 }
 
 /// A greet server whose ports are bound but which serves nothing yet.
@@ -71,7 +75,7 @@ impl BoundServer {
     pub async fn bind(args: ServerArgs) -> Result<Self, ServerError> {
         let health_port = args.health_port()?;
         let grpc = bind(args.grpc_addr()).await?;
-        let http = bind(SocketAddr::new(args.host, health_port)).await?;
+        let http = bind(SocketAddr::new(args.health_host, health_port)).await?;
         let grpc_addr = grpc.local_addr().map_err(|e| {
             ServerError::Serve(ServeError::Bind {
                 addr: args.grpc_addr(),
@@ -132,7 +136,34 @@ impl BoundServer {
         let service = Arc::new(GreetServiceImpl::new(id.as_str()));
         let greet = GreetServer::new(&id, service.clone(), detector.clone(), metrics.clone());
         let (reporter, health_service) = tonic_health::server::health_reporter();
-        let router = tonic::transport::Server::builder()
+        let health_url = health_url(
+            self.args.health_host,
+            instance.host(),
+            self.http_addr.port(),
+        );
+        let options = RegisterOptions::default()
+            .with_ttl(self.args.ttl)
+            .with_health_url(health_url);
+        let lifecycle = Lifecycle::new(registry, instance.clone())
+            .register_options(options)
+            .health(reporter, [SERVICE_NAME])
+            .health_flag(flag.clone())
+            .register_in_background(self.args.register_in_background)
+            .drain_timeout(self.args.drain_timeout)
+            .lame_duck(self.args.lame_duck);
+        #[cfg(feature = "tls")]
+        let (lifecycle, builder) = match self.args.tls.config()? {
+            Some(tls) => {
+                let lifecycle = lifecycle.tls(tls);
+                let builder = lifecycle.server_builder()?;
+                (lifecycle, builder)
+            }
+            None => (lifecycle, tonic::transport::Server::builder()),
+        };
+        #[cfg(not(feature = "tls"))]
+        let builder = tonic::transport::Server::builder();
+        let mut builder = builder;
+        let router = builder
             .add_service(health_service)
             .add_service(GreetServiceServer::new(greet));
 
@@ -154,19 +185,7 @@ impl BoundServer {
                 .into_future(),
         );
 
-        let health_url = health_url(instance.host(), self.http_addr.port());
-        let options = RegisterOptions::default()
-            .with_ttl(self.args.ttl)
-            .with_health_url(health_url);
-        let result = Lifecycle::new(registry, instance)
-            .register_options(options)
-            .health(reporter, [SERVICE_NAME])
-            .health_flag(flag)
-            .register_in_background(self.args.register_in_background)
-            .drain_timeout(self.args.drain_timeout)
-            .lame_duck(self.args.lame_duck)
-            .serve(router, self.grpc, shutdown)
-            .await;
+        let result = lifecycle.serve(router, self.grpc, shutdown).await;
 
         let _ = http_stop.send(());
         if let Err(error) = http_task.await {
@@ -177,8 +196,14 @@ impl BoundServer {
     }
 }
 
-/// The URL of `/health` on `host`, bracketing IPv6 addresses.
-fn health_url(host: &str, port: u16) -> String {
+/// The URL of `/health`: on the health port's interface, or on the
+/// advertised host when that interface is unspecified; IPv6 bracketed.
+fn health_url(health_host: IpAddr, advertised: &str, port: u16) -> String {
+    let host = if health_host.is_unspecified() {
+        advertised.to_owned()
+    } else {
+        health_host.to_string()
+    };
     if host.contains(':') {
         format!("http://[{host}]:{port}/health")
     } else {
@@ -204,10 +229,15 @@ async fn watch_health(flag: HealthFlag, metrics: ServerMetrics) {
 mod tests {
     #[test]
     fn health_urls_bracket_ipv6_hosts() {
-        assert_eq!(super::health_url("::1", 9), "http://[::1]:9/health");
+        let any = std::net::IpAddr::from([0, 0, 0, 0]);
+        assert_eq!(super::health_url(any, "::1", 9), "http://[::1]:9/health");
         assert_eq!(
-            super::health_url("localhost", 9),
+            super::health_url(any, "localhost", 9),
             "http://localhost:9/health"
+        );
+        assert_eq!(
+            super::health_url(std::net::IpAddr::from([127, 0, 0, 1]), "localhost", 9),
+            "http://127.0.0.1:9/health"
         );
     }
 }
