@@ -1,11 +1,16 @@
 //! Per-instance state of a client: its channel, breaker, load, eligibility
 //! and counters.
+//!
+//! An instance that takes no calls costs one [`EndpointCore`] (a few hundred
+//! bytes): its tonic `Channel`, with the task that drives it, is created on
+//! first use (a call, a health check, a reachability probe), not on
+//! discovery.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 
 use tokio::task::AbortHandle;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint as TonicEndpoint};
 
 use super::eligibility::EndpointState;
 use super::handles::InstanceHandles;
@@ -20,7 +25,13 @@ use crate::metrics::InstanceCounters;
 pub(crate) struct EndpointCore {
     pub id: String,
     pub address: String,
-    pub channel: Channel,
+    /// The value of the `instance` metric label (the id, or a constant when
+    /// the client is built without per-instance series).
+    pub label: Arc<str>,
+    /// How to connect, validated on discovery.
+    connect: TonicEndpoint,
+    /// Created on first use.
+    channel: OnceLock<Channel>,
     pub breaker: Box<dyn Breaker>,
     pub load: Arc<Load>,
     /// Why the endpoint may not take calls, if anything.
@@ -35,23 +46,34 @@ pub(crate) struct EndpointCore {
 impl EndpointCore {
     pub(crate) fn new(
         instance: &Instance,
-        channel: Channel,
+        connect: TonicEndpoint,
         breaker: Box<dyn Breaker>,
         counters: Arc<InstanceCounters>,
         service: Arc<str>,
+        label: Arc<str>,
     ) -> Self {
         Self {
             id: instance.id().to_owned(),
             address: instance.address().to_owned(),
-            channel,
+            handles: InstanceHandles::new(service, &label),
+            label,
+            connect,
+            channel: OnceLock::new(),
             breaker,
             load: Arc::new(Load::new()),
             state: EndpointState::default(),
             counters,
             health_task: OnceLock::new(),
-            handles: InstanceHandles::new(service, instance.id()),
             checking: AtomicBool::new(false),
         }
+    }
+
+    /// The instance's channel, created (connecting lazily) on first use.
+    /// Must be called within a tokio runtime.
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel
+            .get_or_init(|| self.connect.connect_lazy())
+            .clone()
     }
 
     /// Whether the last active health check verdict is healthy (true

@@ -1,49 +1,139 @@
-//! The client's view of the instance set: snapshots built from registry
+//! The client's view of the instance set: snapshots updated from registry
 //! watch events, swapped in atomically.
+//!
+//! A registry event carries the whole set. The discovery task keeps an index
+//! of the current snapshot by instance id (updated in place, never rebuilt)
+//! and turns each event into the instances added, removed and changed; the
+//! next snapshot is the current one with those edits: its endpoint list is a
+//! persistent vector (an edit copies one chunk of it), a removal moves the
+//! last endpoint into the freed place, and the picker follows the same edits
+//! ([`Picker::apply`]). Applying an event costs one id lookup per instance in
+//! it plus time in proportion to the change; nothing is rebuilt for the
+//! instances that stay.
+//!
+//! ```text
+//!   registry event (whole set)
+//!        | diff against the id index: added / removed / changed
+//!        v
+//!   edits: SwapRemove(i) | Replace(i, c) | Push(c)
+//!        |--> endpoint list (copy on write)     --+
+//!        |--> picker.apply(edits)                 +--> next snapshot, swapped in
+//!        |     (or build, for policies that must) |    removed cores retired
+//!        '--> id index, counters book            -+    gauges published
+//!
+//!   picker stale (ring hash, Maglev follow edits through their old table)
+//!        --> rebuilt in the background once no event came for
+//!            REBUILD_QUIET (at most REBUILD_MAX_DELAY after the first edit)
+//! ```
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use tokio::time::Instant;
 use tonic::transport::Endpoint as TonicEndpoint;
 
 use super::endpoint::{Endpoint, EndpointCore};
 use super::Shared;
-use crate::balance::{Candidate, Picker};
+use crate::balance::{Candidate, Chunked, Edit, Picker};
 use crate::health::{self, CheckResult};
 use crate::instance::Instance;
 use crate::metrics as m;
 
+/// A stale picker is rebuilt once the set has not changed for this long ...
+const REBUILD_QUIET: Duration = Duration::from_millis(250);
+/// ... or at the latest this long after it became stale.
+const REBUILD_MAX_DELAY: Duration = Duration::from_secs(3);
+
 /// One immutable view of the instance set and its picker.
 #[derive(Debug)]
 pub(crate) struct Snapshot {
-    pub endpoints: Vec<Endpoint>,
+    pub endpoints: Chunked<Endpoint>,
     pub picker: Arc<dyn Picker>,
 }
 
 impl Snapshot {
     pub(crate) fn empty(shared_balancer: &dyn crate::balance::Balancer) -> Self {
         Self {
-            endpoints: Vec::new(),
+            endpoints: Chunked::default(),
             picker: shared_balancer.build(&[]),
         }
     }
 }
 
-/// Builds the next snapshot from a new instance set, keeping the core
-/// (channel, breaker, load, eligibility) of every instance that stays.
-/// Returns the snapshot and the cores of instances that left it.
-pub(crate) fn next_snapshot(
-    shared: &Arc<Shared>,
-    set: Vec<Instance>,
-) -> (Snapshot, Vec<Arc<EndpointCore>>) {
-    let current = shared.snapshot.load();
-    let mut old: HashMap<&str, &Arc<EndpointCore>> = current
-        .endpoints
-        .iter()
-        .map(|e| (e.core.id.as_str(), &e.core))
-        .collect();
+/// Where one instance id is in the current snapshot.
+#[derive(Debug)]
+struct Slot {
+    index: usize,
+    /// The event that last listed the id (to find those that left).
+    seen: u64,
+}
+
+/// The discovery task's index of the current snapshot by instance id. Only
+/// that task changes the snapshot, so the index is its own, updated with
+/// every edit.
+#[derive(Debug, Default)]
+pub(crate) struct Index {
+    slots: HashMap<String, Slot>,
+    event: u64,
+}
+
+/// What one event changes.
+#[derive(Default)]
+struct Diff {
+    removed: Vec<String>,
+    changed: Vec<Instance>,
+    added: Vec<Instance>,
+}
+
+impl Index {
+    /// Sorts a new instance set against the snapshot.
+    fn diff(&mut self, endpoints: &Chunked<Endpoint>, set: Vec<Instance>) -> Diff {
+        self.event += 1;
+        let event = self.event;
+        let mut diff = Diff::default();
+        let mut listed = 0usize;
+        for inst in set {
+            let Some(slot) = self.slots.get_mut(inst.id()) else {
+                diff.added.push(inst);
+                continue;
+            };
+            if slot.seen == event {
+                // A duplicate id in one event: the first one wins.
+                continue;
+            }
+            slot.seen = event;
+            listed += 1;
+            let Some(current) = endpoints.get(slot.index) else {
+                continue;
+            };
+            if *current.instance == inst {
+                continue;
+            }
+            if current.core.address == inst.address() {
+                diff.changed.push(inst);
+            } else {
+                // A new address is a new endpoint (channel, breaker, load).
+                diff.removed.push(current.core.id.clone());
+                diff.added.push(inst);
+            }
+        }
+        if listed < self.slots.len() {
+            diff.removed.extend(
+                self.slots
+                    .iter()
+                    .filter(|(_, slot)| slot.seen != event)
+                    .map(|(id, _)| id.clone()),
+            );
+        }
+        diff
+    }
+}
+
+/// Applies one registry event: the next snapshot, the removed cores retired,
+/// counters marked, gauges published.
+fn apply(shared: &Arc<Shared>, index: &mut Index, set: Vec<Instance>) {
     // Disabled instances take no new traffic (in-flight calls keep their
     // endpoint until they end); the selector narrows the rest.
     let total = set.len();
@@ -54,50 +144,149 @@ pub(crate) fn next_snapshot(
     if let Some(selector) = &shared.config.selector {
         set = crate::discovery::apply(&**selector, &set);
     }
-    let mut endpoints = Vec::with_capacity(set.len());
-    for inst in set {
-        // An instance keeps its core while its id and address stay the same.
-        let kept = old
-            .remove(inst.id())
-            .filter(|core| core.address == inst.address());
-        let core = match kept {
-            Some(core) => Arc::clone(core),
-            None => match new_core(shared, &inst) {
-                Some(core) => core,
-                None => continue,
-            },
+    let current = shared.snapshot.load_full();
+    let diff = index.diff(&current.endpoints, set);
+    let mut endpoints = current.endpoints.clone();
+    let mut edits = Vec::new();
+    let mut removed = Vec::with_capacity(diff.removed.len());
+    for id in &diff.removed {
+        let Some(slot) = index.slots.remove(id) else {
+            continue;
         };
-        endpoints.push(Endpoint {
+        let Some(gone) = endpoints.swap_remove(slot.index) else {
+            continue;
+        };
+        edits.push(Edit::SwapRemove(slot.index));
+        removed.push(gone.core);
+        if let Some(moved) = endpoints.get(slot.index) {
+            if let Some(s) = index.slots.get_mut(moved.core.id.as_str()) {
+                s.index = slot.index;
+            }
+        }
+    }
+    for inst in diff.changed {
+        let Some(i) = index.slots.get(inst.id()).map(|s| s.index) else {
+            continue;
+        };
+        let Some(core) = endpoints.get(i).map(|e| Arc::clone(&e.core)) else {
+            continue;
+        };
+        let endpoint = Endpoint {
             instance: Arc::new(inst),
             core,
-        });
+        };
+        edits.push(Edit::Replace(i, endpoint.candidate()));
+        endpoints.set(i, endpoint);
     }
+    for inst in diff.added {
+        if index.slots.contains_key(inst.id()) {
+            // A duplicate id in one event: the first one wins.
+            continue;
+        }
+        let Some(core) = new_core(shared, &inst) else {
+            continue;
+        };
+        let i = endpoints.len();
+        index.slots.insert(
+            core.id.clone(),
+            Slot {
+                index: i,
+                seen: index.event,
+            },
+        );
+        let endpoint = Endpoint {
+            instance: Arc::new(inst),
+            core,
+        };
+        edits.push(Edit::Push(endpoint.candidate()));
+        endpoints.push(endpoint);
+    }
+    let n = endpoints.len();
+    if !edits.is_empty() {
+        let picker = Arc::clone(&current.picker)
+            .apply(&edits)
+            .unwrap_or_else(|| build_picker(shared, &endpoints));
+        tracing::debug!(service = %shared.service, endpoints = n, edits = edits.len(),
+            removed = removed.len(), "instance set changed");
+        shared.snapshot.store(Arc::new(Snapshot { endpoints, picker }));
+    }
+    drop(current);
+    // Endpoints that left count nowhere any more, even while a call that
+    // is still running keeps them alive.
+    for core in &removed {
+        core.state.retire(&shared.tally);
+    }
+    shared.sweep_instances(removed.iter().map(|c| c.id.as_str()));
+    shared.ready.send_replace(n);
+    shared.publish_endpoint_gauges();
+    shared.became_eligible.notify_waiters();
+}
+
+fn build_picker(shared: &Shared, endpoints: &Chunked<Endpoint>) -> Arc<dyn Picker> {
     let candidates: Vec<Candidate> = endpoints.iter().map(Endpoint::candidate).collect();
-    let picker = shared.config.balancer.build(&candidates);
-    let removed = old.into_values().map(Arc::clone).collect();
-    (Snapshot { endpoints, picker }, removed)
+    shared.config.balancer.build(&candidates)
+}
+
+/// Builds the policy again from the whole current list, off the runtime's
+/// worker threads, for a picker that follows edits through an old table.
+async fn rebuild(shared: &Weak<Shared>) {
+    let Some(s) = shared.upgrade() else { return };
+    let snap = s.snapshot.load_full();
+    if !snap.picker.is_stale() {
+        return;
+    }
+    let balancer = Arc::clone(&s.config.balancer);
+    drop(s);
+    let endpoints = snap.endpoints.clone();
+    let started = Instant::now();
+    let built = tokio::task::spawn_blocking(move || {
+        let candidates: Vec<Candidate> = endpoints.iter().map(Endpoint::candidate).collect();
+        balancer.build(&candidates)
+    })
+    .await;
+    let (Some(s), Ok(picker)) = (shared.upgrade(), built) else {
+        return;
+    };
+    // Only this task changes the snapshot, and it waited for the build: the
+    // list is still the one the picker was built for.
+    tracing::debug!(service = %s.service, endpoints = snap.endpoints.len(),
+        took = ?started.elapsed(), "balancing table rebuilt");
+    s.snapshot.store(Arc::new(Snapshot {
+        endpoints: snap.endpoints.clone(),
+        picker,
+    }));
+}
+
+/// How to reach `inst`: the one place a channel's settings are decided.
+fn channel_endpoint(shared: &Shared, inst: &Instance) -> Result<TonicEndpoint, tonic::transport::Error> {
+    Ok(TonicEndpoint::from_shared(inst.uri())?
+        .connect_timeout(shared.config.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(false))
 }
 
 fn new_core(shared: &Arc<Shared>, inst: &Instance) -> Option<Arc<EndpointCore>> {
-    let channel = match TonicEndpoint::from_shared(inst.uri()) {
-        Ok(ep) => ep
-            .connect_timeout(shared.config.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(false)
-            .connect_lazy(),
+    let connect = match channel_endpoint(shared, inst) {
+        Ok(ep) => ep,
         Err(e) => {
             tracing::warn!(instance = %inst, error = %e, "skipping instance with an unusable address");
             return None;
         }
     };
     let counters = shared.instance_counters(inst.id(), inst.address());
+    let label: Arc<str> = if shared.config.instance_label {
+        Arc::from(inst.id())
+    } else {
+        Arc::from(super::AGGREGATE_INSTANCE_LABEL)
+    };
     let core = Arc::new(EndpointCore::new(
         inst,
-        channel,
+        connect,
         shared.config.breaker.build(),
         counters,
         Arc::clone(&shared.service),
+        label,
     ));
     if let Some(hc) = &shared.config.health_check {
         let task = tokio::spawn(health_task(
@@ -115,10 +304,10 @@ async fn health_task(
     core: Weak<EndpointCore>,
     config: health::HealthCheckConfig,
 ) {
-    let Some((channel, service, id)) = core
+    let Some((channel, service, id, label)) = core
         .upgrade()
         .zip(shared.upgrade())
-        .map(|(c, s)| (c.channel.clone(), Arc::clone(&s.service), c.id.clone()))
+        .map(|(c, s)| (c.channel(), Arc::clone(&s.service), c.id.clone(), Arc::clone(&c.label)))
     else {
         return;
     };
@@ -126,7 +315,7 @@ async fn health_task(
     let mut warned_unknown = false;
     health::run_checker(channel, config, |result, changed| {
         metrics::counter!(m::CLIENT_HEALTH_CHECKS, "service" => service.to_string(),
-            "instance" => id.clone(), "result" => result.as_str())
+            "instance" => label.to_string(), "result" => result.as_str())
         .increment(1);
         let (Some(s), Some(c)) = (shared.upgrade(), core.upgrade()) else {
             return;
@@ -166,6 +355,9 @@ async fn health_task(
 /// re-watching with backoff when the stream fails or ends.
 pub(crate) async fn run_discovery(shared: Weak<Shared>) {
     let mut delay = Duration::from_millis(100);
+    let mut index = Index::default();
+    // When a stale picker is to be rebuilt, and since when it is stale.
+    let mut rebuild_at: Option<(Instant, Instant)> = None;
     loop {
         let Some(s) = shared.upgrade() else { return };
         let registry = Arc::clone(&s.registry);
@@ -173,49 +365,50 @@ pub(crate) async fn run_discovery(shared: Weak<Shared>) {
         let version = s.config.version.clone();
         drop(s);
         match registry.watch(&service, version.as_deref()).await {
-            Ok(mut stream) => {
-                while let Some(event) = stream.next().await {
-                    let Some(s) = shared.upgrade() else { return };
-                    match event {
-                        Ok(set) => {
-                            delay = Duration::from_millis(100);
-                            apply(&s, set);
+            Ok(mut stream) => loop {
+                let event = match rebuild_at {
+                    Some((at, _)) => tokio::select! {
+                        event = stream.next() => event,
+                        () = tokio::time::sleep_until(at) => {
+                            rebuild(&shared).await;
+                            rebuild_at = None;
+                            continue;
                         }
-                        Err(e) => {
-                            metrics::counter!(m::CLIENT_DISCOVERY_ERRORS, "service" => service.to_string()).increment(1);
-                            tracing::warn!(service = %service, error = %e, "registry watch error; keeping the last instance set");
+                    },
+                    None => stream.next().await,
+                };
+                let Some(event) = event else {
+                    tracing::warn!(service = %service, "registry watch ended; watching again");
+                    break;
+                };
+                let Some(s) = shared.upgrade() else { return };
+                match event {
+                    Ok(set) => {
+                        delay = Duration::from_millis(100);
+                        apply(&s, &mut index, set);
+                        if s.snapshot.load().picker.is_stale() {
+                            let now = Instant::now();
+                            let since = rebuild_at.map_or(now, |(_, since)| since);
+                            let at = (now + REBUILD_QUIET).min(since + REBUILD_MAX_DELAY);
+                            rebuild_at = Some((at, since));
                         }
                     }
+                    Err(e) => {
+                        metrics::counter!(m::CLIENT_DISCOVERY_ERRORS, "service" => service.to_string()).increment(1);
+                        tracing::warn!(service = %service, error = %e, "registry watch error; keeping the last instance set");
+                    }
                 }
-                tracing::warn!(service = %service, "registry watch ended; watching again");
-            }
+            },
             Err(e) => {
                 metrics::counter!(m::CLIENT_DISCOVERY_ERRORS, "service" => service.to_string())
                     .increment(1);
                 tracing::warn!(service = %service, error = %e, retry_in = ?delay, "cannot watch the registry");
             }
         }
+        if let Some((_, _)) = rebuild_at.take() {
+            rebuild(&shared).await;
+        }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(10));
     }
-}
-
-fn apply(shared: &Arc<Shared>, set: Vec<Instance>) {
-    let (next, removed) = next_snapshot(shared, set);
-    let n = next.endpoints.len();
-    tracing::debug!(service = %shared.service, endpoints = n, removed = removed.len(),
-        "instance set changed");
-    let present: std::collections::HashSet<&str> =
-        next.endpoints.iter().map(|e| e.core.id.as_str()).collect();
-    shared.sweep_instances(&|id| present.contains(id));
-    drop(present);
-    shared.snapshot.store(Arc::new(next));
-    // Endpoints that left count nowhere any more, even while a call that
-    // is still running keeps them alive.
-    for core in &removed {
-        core.state.retire(&shared.tally);
-    }
-    shared.ready.send_replace(n);
-    shared.publish_endpoint_gauges();
-    shared.became_eligible.notify_waiters();
 }

@@ -14,6 +14,13 @@
 //! verdict: it marks the instance unreachable instead, and any answer at all
 //! marks it reachable again.
 //!
+//! Checks are spread over the interval: an instance's first check comes at
+//! a random point within the first interval, and the following ones one
+//! interval apart, so that a client of 10,000 instances checked every 2 s
+//! sends about 5,000 checks a second, evenly, rather than 10,000 at once
+//! every 2 s. Each instance's checker is a timer-driven task that sleeps
+//! between checks (its channel is connected when checking starts).
+//!
 //! ```
 //! use std::time::Duration;
 //! use fyerrpc::health::HealthCheckConfig;
@@ -179,7 +186,9 @@ where
     let mut healthy = true;
     let mut fails = 0u32;
     let mut passes = 0u32;
-    let mut tick = tokio::time::interval(config.interval);
+    // Spread: the first check at a random point of the first interval.
+    let offset = config.interval.mul_f64(fastrand::f64());
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
