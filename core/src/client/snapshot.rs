@@ -203,9 +203,16 @@ fn apply(shared: &Arc<Shared>, index: &mut Index, set: Vec<Instance>) {
     }
     let n = endpoints.len();
     if !edits.is_empty() {
-        let picker = Arc::clone(&current.picker)
-            .apply(&edits)
-            .unwrap_or_else(|| build_picker(shared, &endpoints));
+        // A change of more than a quarter of the set (the first event, a
+        // bulk replacement) is cheaper and better served by a fresh build.
+        let bulk = edits.len().saturating_mul(4) > n;
+        let picker = if bulk {
+            build_picker(shared, &endpoints)
+        } else {
+            Arc::clone(&current.picker)
+                .apply(&edits)
+                .unwrap_or_else(|| build_picker(shared, &endpoints))
+        };
         tracing::debug!(service = %shared.service, endpoints = n, edits = edits.len(),
             removed = removed.len(), "instance set changed");
         shared.snapshot.store(Arc::new(Snapshot { endpoints, picker }));
