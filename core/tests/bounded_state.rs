@@ -42,8 +42,8 @@ async fn ten_thousand_ids_through_three_slots_leave_bounded_state() {
     let mut alive: VecDeque<Instance> = VecDeque::new();
     let mut most_stats = 0usize;
     for i in 0..IDS {
-        let inst = Instance::new(format!("id-{i:05}"), SERVICE, servers[i % ALIVE].address())
-            .unwrap();
+        let inst =
+            Instance::new(format!("id-{i:05}"), SERVICE, servers[i % ALIVE].address()).unwrap();
         if alive.len() == ALIVE {
             if let Some(old) = alive.pop_front() {
                 registry.deregister(&old).await.unwrap();
@@ -77,7 +77,10 @@ async fn ten_thousand_ids_through_three_slots_leave_bounded_state() {
         "{} instances in stats",
         stats.instances.len()
     );
-    assert!(most_stats < IDS / 2, "at most {most_stats} instances in stats during the run");
+    assert!(
+        most_stats < IDS / 2,
+        "at most {most_stats} instances in stats during the run"
+    );
     assert!(stats.requests >= (IDS / 500) as u64);
 
     // Per-instance series collapse into one instance label value.

@@ -86,7 +86,9 @@ impl<T> Chunked<T> {
 
 impl<T: Clone> Chunked<T> {
     fn chunk_mut(&mut self, c: usize) -> Option<&mut Vec<T>> {
-        Arc::make_mut(&mut self.chunks).get_mut(c).map(Arc::make_mut)
+        Arc::make_mut(&mut self.chunks)
+            .get_mut(c)
+            .map(Arc::make_mut)
     }
 
     /// Replaces the entry at `i` (nothing when `i` is out of range).

@@ -6,8 +6,8 @@ use std::collections::BinaryHeap;
 use std::fmt;
 use std::sync::Arc;
 
-use super::sample::{random_eligible, scan_from};
 use super::remap::Remapped;
+use super::sample::{random_eligible, scan_from};
 use super::{hash_key, mix64, Balancer, Candidate, Edit, PickContext, Picker};
 
 /// Alternative table slots tried (by rehashing the key) when the key's

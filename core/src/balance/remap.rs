@@ -124,14 +124,18 @@ mod tests {
         // Remove i2 (i7 moves into index 2), add one.
         let extra = weighted_candidates("x", &[100]).remove(0);
         let edits = [Edit::SwapRemove(2), Edit::Push(extra)];
-        let stale = Arc::clone(&fresh).apply(&edits).expect("ring hash follows edits");
+        let stale = Arc::clone(&fresh)
+            .apply(&edits)
+            .expect("ring hash follows edits");
         assert!(stale.is_stale());
         let mut now = list.clone();
         now.swap_remove(2);
         for k in 0..500u32 {
             let ctx = PickContext::new("/S/M").with_hash(hash_key(&k.to_le_bytes()));
             let before = fresh.pick(&ctx).map(|i| list[i].instance().id().to_owned());
-            let after = stale.pick(&ctx).map(|i| now.get(i).map_or("x0", |c| c.instance().id()).to_owned());
+            let after = stale
+                .pick(&ctx)
+                .map(|i| now.get(i).map_or("x0", |c| c.instance().id()).to_owned());
             let (Some(before), Some(after)) = (before, after) else {
                 panic!("every key finds an instance");
             };

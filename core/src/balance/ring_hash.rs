@@ -4,8 +4,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::sample::{random_eligible, scan_from};
 use super::remap::Remapped;
+use super::sample::{random_eligible, scan_from};
 use super::{hash_key, mix64, Balancer, Candidate, Edit, PickContext, Picker};
 
 /// Ring entries walked before checking that any endpoint is eligible at all.

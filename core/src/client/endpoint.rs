@@ -16,6 +16,7 @@ use super::eligibility::EndpointState;
 use super::handles::InstanceHandles;
 use crate::balance::{Candidate, Load};
 use crate::breaker::Breaker;
+use crate::failover::classify::Outcome;
 use crate::instance::Instance;
 use crate::metrics::InstanceCounters;
 
@@ -38,7 +39,7 @@ pub(crate) struct EndpointCore {
     pub state: EndpointState,
     pub counters: Arc<InstanceCounters>,
     pub health_task: OnceLock<AbortHandle>,
-    pub handles: InstanceHandles,
+    pub handles: LazyHandles,
     /// A reachability check is running (after a broken connection).
     pub checking: AtomicBool,
 }
@@ -55,7 +56,11 @@ impl EndpointCore {
         Self {
             id: instance.id().to_owned(),
             address: instance.address().to_owned(),
-            handles: InstanceHandles::new(service, &label),
+            handles: LazyHandles {
+                service,
+                label: Arc::clone(&label),
+                handles: OnceLock::new(),
+            },
             label,
             connect,
             channel: OnceLock::new(),
@@ -93,6 +98,24 @@ impl Drop for EndpointCore {
         if let Some(task) = self.health_task.get() {
             task.abort();
         }
+    }
+}
+
+/// The per-instance metric handles, registered on the first attempt: an
+/// instance that takes no calls holds two pointers for them.
+#[derive(Debug)]
+pub(crate) struct LazyHandles {
+    service: Arc<str>,
+    label: Arc<str>,
+    handles: OnceLock<Box<InstanceHandles>>,
+}
+
+impl LazyHandles {
+    /// Counts an attempt on the instance.
+    pub(crate) fn attempt(&self, outcome: Outcome) {
+        self.handles
+            .get_or_init(|| Box::new(InstanceHandles::new(Arc::clone(&self.service), &self.label)))
+            .attempt(outcome);
     }
 }
 

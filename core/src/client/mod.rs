@@ -147,11 +147,14 @@ pub(crate) struct Shared {
 impl Shared {
     fn instance_counters(&self, id: &str, address: &str) -> Arc<InstanceCounters> {
         let mut book = self.instances.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = book.map.entry(id.to_owned()).or_insert_with(|| InstanceEntry {
-            address: address.to_owned(),
-            counters: Arc::default(),
-            gone_since: None,
-        });
+        let entry = book
+            .map
+            .entry(id.to_owned())
+            .or_insert_with(|| InstanceEntry {
+                address: address.to_owned(),
+                counters: Arc::default(),
+                gone_since: None,
+            });
         address.clone_into(&mut entry.address);
         entry.gone_since = None;
         Arc::clone(&entry.counters)

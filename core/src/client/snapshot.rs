@@ -1,19 +1,22 @@
 //! The client's view of the instance set: snapshots updated from registry
 //! watch events, swapped in atomically.
 //!
-//! A registry event carries the whole set. The discovery task keeps an index
-//! of the current snapshot by instance id (updated in place, never rebuilt)
-//! and turns each event into the instances added, removed and changed; the
+//! A registry event carries the whole set, or, from a backend that learns
+//! of changes one by one, only what changed ([`WatchEvent::Delta`]). The
+//! discovery task keeps an index of the current snapshot by instance id
+//! (updated in place, never rebuilt) and turns each event into the
+//! instances added, removed and changed; the
 //! next snapshot is the current one with those edits: its endpoint list is a
 //! persistent vector (an edit copies one chunk of it), a removal moves the
 //! last endpoint into the freed place, and the picker follows the same edits
 //! ([`Picker::apply`]). Applying an event costs one id lookup per instance in
 //! it plus time in proportion to the change; nothing is rebuilt for the
-//! instances that stay.
+//! instances that stay. (With a selector, which may narrow by the whole set,
+//! a delta is turned into the whole set first.)
 //!
 //! ```text
-//!   registry event (whole set)
-//!        | diff against the id index: added / removed / changed
+//!   registry event: whole set, or delta (upserted, removed ids)
+//!        | sorted against the id index: added / removed / changed
 //!        v
 //!   edits: SwapRemove(i) | Replace(i, c) | Push(c)
 //!        |--> endpoint list (copy on write)     --+
@@ -26,7 +29,7 @@
 //!            REBUILD_QUIET (at most REBUILD_MAX_DELAY after the first edit)
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -40,6 +43,7 @@ use crate::balance::{Candidate, Chunked, Edit, Picker};
 use crate::health::{self, CheckResult};
 use crate::instance::Instance;
 use crate::metrics as m;
+use crate::registry::WatchEvent;
 
 /// A stale picker is rebuilt once the set has not changed for this long ...
 const REBUILD_QUIET: Duration = Duration::from_millis(250);
@@ -77,6 +81,11 @@ struct Slot {
 pub(crate) struct Index {
     slots: HashMap<String, Slot>,
     event: u64,
+    /// Ids the registry lists as disabled.
+    disabled: HashSet<String>,
+    /// With a selector, which may narrow by the whole set: every instance
+    /// the registry lists, so that a delta can be turned into a whole set.
+    all: Option<HashMap<String, Instance>>,
 }
 
 /// What one event changes.
@@ -88,7 +97,96 @@ struct Diff {
 }
 
 impl Index {
-    /// Sorts a new instance set against the snapshot.
+    /// Sorts a registry event against the snapshot.
+    fn event(&mut self, shared: &Shared, endpoints: &Chunked<Endpoint>, event: WatchEvent) -> Diff {
+        let selector = shared.config.selector.as_deref();
+        match event {
+            WatchEvent::Full(set) => {
+                if selector.is_some() {
+                    self.all = Some(set.iter().map(|i| (i.id().to_owned(), i.clone())).collect());
+                }
+                self.whole(selector, endpoints, set)
+            }
+            WatchEvent::Delta { upserted, removed } => match self.all.as_mut() {
+                Some(all) => {
+                    for id in &removed {
+                        all.remove(id);
+                    }
+                    for inst in upserted {
+                        all.insert(inst.id().to_owned(), inst);
+                    }
+                    let set = all.values().cloned().collect();
+                    self.whole(selector, endpoints, set)
+                }
+                None => self.delta(endpoints, upserted, removed),
+            },
+        }
+    }
+
+    /// Sorts a whole set against the snapshot: disabled instances and those
+    /// the selector rejects are left out.
+    fn whole(
+        &mut self,
+        selector: Option<&dyn crate::discovery::Selector>,
+        endpoints: &Chunked<Endpoint>,
+        set: Vec<Instance>,
+    ) -> Diff {
+        // Disabled instances take no new traffic (in-flight calls keep their
+        // endpoint until they end); the selector narrows the rest.
+        self.disabled = set
+            .iter()
+            .filter(|i| !i.is_enabled())
+            .map(|i| i.id().to_owned())
+            .collect();
+        let mut set: Vec<Instance> = if self.disabled.is_empty() {
+            set
+        } else {
+            set.into_iter().filter(Instance::is_enabled).collect()
+        };
+        if let Some(selector) = selector {
+            set = crate::discovery::apply(selector, &set);
+        }
+        self.diff(endpoints, set)
+    }
+
+    /// Sorts a delta against the snapshot.
+    fn delta(
+        &mut self,
+        endpoints: &Chunked<Endpoint>,
+        upserted: Vec<Instance>,
+        removed: Vec<String>,
+    ) -> Diff {
+        let mut diff = Diff::default();
+        for id in removed {
+            self.disabled.remove(&id);
+            if self.slots.contains_key(&id) {
+                diff.removed.push(id);
+            }
+        }
+        for inst in upserted {
+            let slot = self.slots.get(inst.id());
+            if !inst.is_enabled() {
+                self.disabled.insert(inst.id().to_owned());
+                if slot.is_some() {
+                    diff.removed.push(inst.id().to_owned());
+                }
+                continue;
+            }
+            self.disabled.remove(inst.id());
+            match slot.and_then(|s| endpoints.get(s.index)) {
+                None => diff.added.push(inst),
+                Some(current) if *current.instance == inst => {}
+                Some(current) if current.core.address == inst.address() => diff.changed.push(inst),
+                Some(current) => {
+                    diff.removed.push(current.core.id.clone());
+                    diff.added.push(inst);
+                }
+            }
+        }
+        diff
+    }
+
+    /// Sorts a new (enabled, selected) instance set against the snapshot.
     fn diff(&mut self, endpoints: &Chunked<Endpoint>, set: Vec<Instance>) -> Diff {
         self.event += 1;
         let event = self.event;
@@ -133,19 +231,12 @@ impl Index {
 
 /// Applies one registry event: the next snapshot, the removed cores retired,
 /// counters marked, gauges published.
-fn apply(shared: &Arc<Shared>, index: &mut Index, set: Vec<Instance>) {
-    // Disabled instances take no new traffic (in-flight calls keep their
-    // endpoint until they end); the selector narrows the rest.
-    let total = set.len();
-    let mut set: Vec<Instance> = set.into_iter().filter(Instance::is_enabled).collect();
+fn apply(shared: &Arc<Shared>, index: &mut Index, event: WatchEvent) {
+    let current = shared.snapshot.load_full();
+    let diff = index.event(shared, &current.endpoints, event);
     shared
         .disabled
-        .store(total - set.len(), std::sync::atomic::Ordering::Relaxed);
-    if let Some(selector) = &shared.config.selector {
-        set = crate::discovery::apply(&**selector, &set);
-    }
-    let current = shared.snapshot.load_full();
-    let diff = index.diff(&current.endpoints, set);
+        .store(index.disabled.len(), std::sync::atomic::Ordering::Relaxed);
     let mut endpoints = current.endpoints.clone();
     let mut edits = Vec::new();
     let mut removed = Vec::with_capacity(diff.removed.len());
@@ -215,7 +306,9 @@ fn apply(shared: &Arc<Shared>, index: &mut Index, set: Vec<Instance>) {
         };
         tracing::debug!(service = %shared.service, endpoints = n, edits = edits.len(),
             removed = removed.len(), "instance set changed");
-        shared.snapshot.store(Arc::new(Snapshot { endpoints, picker }));
+        shared
+            .snapshot
+            .store(Arc::new(Snapshot { endpoints, picker }));
     }
     drop(current);
     // Endpoints that left count nowhere any more, even while a call that
@@ -265,7 +358,10 @@ async fn rebuild(shared: &Weak<Shared>) {
 }
 
 /// How to reach `inst`: the one place a channel's settings are decided.
-fn channel_endpoint(shared: &Shared, inst: &Instance) -> Result<TonicEndpoint, tonic::transport::Error> {
+fn channel_endpoint(
+    shared: &Shared,
+    inst: &Instance,
+) -> Result<TonicEndpoint, tonic::transport::Error> {
     Ok(TonicEndpoint::from_shared(inst.uri())?
         .connect_timeout(shared.config.connect_timeout)
         .tcp_nodelay(true)
@@ -311,11 +407,14 @@ async fn health_task(
     core: Weak<EndpointCore>,
     config: health::HealthCheckConfig,
 ) {
-    let Some((channel, service, id, label)) = core
-        .upgrade()
-        .zip(shared.upgrade())
-        .map(|(c, s)| (c.channel(), Arc::clone(&s.service), c.id.clone(), Arc::clone(&c.label)))
-    else {
+    let Some((channel, service, id, label)) = core.upgrade().zip(shared.upgrade()).map(|(c, s)| {
+        (
+            c.channel(),
+            Arc::clone(&s.service),
+            c.id.clone(),
+            Arc::clone(&c.label),
+        )
+    }) else {
         return;
     };
     let checked = config.service.clone();
@@ -371,7 +470,7 @@ pub(crate) async fn run_discovery(shared: Weak<Shared>) {
         let service = Arc::clone(&s.service);
         let version = s.config.version.clone();
         drop(s);
-        match registry.watch(&service, version.as_deref()).await {
+        match registry.watch_changes(&service, version.as_deref()).await {
             Ok(mut stream) => loop {
                 let event = match rebuild_at {
                     Some((at, _)) => tokio::select! {
@@ -390,9 +489,9 @@ pub(crate) async fn run_discovery(shared: Weak<Shared>) {
                 };
                 let Some(s) = shared.upgrade() else { return };
                 match event {
-                    Ok(set) => {
+                    Ok(change) => {
                         delay = Duration::from_millis(100);
-                        apply(&s, &mut index, set);
+                        apply(&s, &mut index, change);
                         if s.snapshot.load().picker.is_stale() {
                             let now = Instant::now();
                             let since = rebuild_at.map_or(now, |(_, since)| since);
