@@ -76,6 +76,8 @@ pub use events::BreakerEvent;
 pub use reconnect::{DEFAULT_RECONNECT_BASE, DEFAULT_RECONNECT_MAX};
 
 use std::collections::{HashMap, VecDeque};
+
+use foldhash::HashMap as FastMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::AtomicUsize;
@@ -114,7 +116,7 @@ struct InstanceEntry {
 /// retention costs nothing for the instances that stay.
 #[derive(Debug, Default)]
 pub(crate) struct InstanceBook {
-    map: HashMap<String, InstanceEntry>,
+    map: FastMap<String, InstanceEntry>,
     /// `(when it left, id)`, oldest first; an entry whose instance came back
     /// (or left again later) is skipped when it comes up.
     gone: VecDeque<(Instant, String)>,

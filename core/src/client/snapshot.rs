@@ -29,7 +29,7 @@
 //!            REBUILD_QUIET (at most REBUILD_MAX_DELAY after the first edit)
 //! ```
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
