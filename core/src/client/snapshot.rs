@@ -163,7 +163,20 @@ impl Index {
                 diff.removed.push(id);
             }
         }
-        for inst in upserted {
+        // Several entries for one id in one delta: the last one counts.
+        let last: HashMap<String, usize> = if upserted.len() > 1 {
+            upserted
+                .iter()
+                .enumerate()
+                .map(|(k, i)| (i.id().to_owned(), k))
+                .collect()
+        } else {
+            HashMap::default()
+        };
+        for (k, inst) in upserted.into_iter().enumerate() {
+            if last.get(inst.id()).is_some_and(|&l| l != k) {
+                continue;
+            }
             let slot = self.slots.get(inst.id());
             if !inst.is_enabled() {
                 self.disabled.insert(inst.id().to_owned());
@@ -516,5 +529,185 @@ pub(crate) async fn run_discovery(shared: Weak<Shared>) {
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use async_trait::async_trait;
+    use tokio::sync::{mpsc, Mutex};
+
+    use super::*;
+    use crate::balance::RingHash;
+    use crate::registry::{
+        ChangeStream, RegisterOptions, Registration, RegistryError, WatchStream,
+    };
+    use crate::{Client, Registry, Status};
+
+    /// A registry whose watch the test feeds, event by event.
+    struct Feed(Mutex<Option<mpsc::UnboundedReceiver<WatchEvent>>>);
+
+    #[async_trait]
+    impl Registry for Feed {
+        async fn register(
+            &self,
+            _: Instance,
+            _: RegisterOptions,
+        ) -> Result<Registration, RegistryError> {
+            Err(RegistryError::Other("read-only".into()))
+        }
+        async fn deregister(&self, _: &Instance) -> Result<(), RegistryError> {
+            Ok(())
+        }
+        async fn discover(&self, _: &str, _: Option<&str>) -> Result<Vec<Instance>, RegistryError> {
+            Ok(Vec::new())
+        }
+        async fn watch(&self, _: &str, _: Option<&str>) -> Result<WatchStream, RegistryError> {
+            Err(RegistryError::Other("watch_changes only".into()))
+        }
+        async fn watch_changes(
+            &self,
+            _: &str,
+            _: Option<&str>,
+        ) -> Result<ChangeStream, RegistryError> {
+            let rx = self.0.lock().await.take();
+            Ok(Box::pin(futures_util::stream::unfold(
+                rx,
+                |rx| async move {
+                    let mut rx = rx?;
+                    let event = rx.recv().await?;
+                    Some((Ok(event), Some(rx)))
+                },
+            )))
+        }
+    }
+
+    fn instance(id: u32, port: u32, weight: u32, enabled: bool) -> Instance {
+        let inst = Instance::new(format!("i{id}"), "S", format!("10.0.0.1:{}", 1_000 + port))
+            .and_then(|i| i.with_weight(weight))
+            .expect("valid test instance");
+        if enabled {
+            inst
+        } else {
+            inst.with_status(Status::Disabled)
+        }
+    }
+
+    /// Random whole sets and deltas; after each, the snapshot holds exactly
+    /// the enabled instances of the model, the id index points at them, the
+    /// endpoints that left are retired (the tally counts only live ones) and
+    /// the disabled count is right.
+    #[tokio::test]
+    async fn deltas_and_whole_sets_keep_snapshot_index_and_tally_consistent() {
+        for balancer in [
+            Arc::new(crate::balance::LeastRequest) as Arc<dyn crate::Balancer>,
+            Arc::new(RingHash::new()),
+        ] {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let client = Client::builder("S", Arc::new(Feed(Mutex::new(Some(rx)))))
+                .balancer(balancer)
+                .build()
+                .await
+                .expect("client");
+            let shared = Arc::clone(&client.shared);
+            let mut rng = fastrand::Rng::with_seed(11);
+            let mut model: BTreeMap<String, Instance> = BTreeMap::new();
+            for step in 0..400u32 {
+                let event = if step % 25 == 0 {
+                    // A whole set: some kept, some changed, some new.
+                    let mut set: Vec<Instance> = model
+                        .values()
+                        .filter(|_| rng.u8(..10) > 0)
+                        .cloned()
+                        .collect();
+                    for _ in 0..rng.u32(..20) {
+                        set.push(instance(
+                            rng.u32(..200),
+                            rng.u32(..3),
+                            1 + rng.u32(..5),
+                            rng.u8(..8) > 0,
+                        ));
+                    }
+                    // Registries report each id once (canonical sets).
+                    let mut by_id = BTreeMap::new();
+                    for i in set {
+                        by_id.entry(i.id().to_owned()).or_insert(i);
+                    }
+                    model = by_id;
+                    WatchEvent::Full(model.values().cloned().collect())
+                } else {
+                    let mut upserted = Vec::new();
+                    let mut removed = Vec::new();
+                    for _ in 0..rng.u32(1..4) {
+                        let id = rng.u32(..200);
+                        if rng.bool() {
+                            let inst =
+                                instance(id, rng.u32(..3), 1 + rng.u32(..5), rng.u8(..8) > 0);
+                            model.insert(inst.id().to_owned(), inst.clone());
+                            upserted.push(inst);
+                        } else {
+                            model.remove(&format!("i{id}"));
+                            removed.push(format!("i{id}"));
+                        }
+                    }
+                    // Upserts apply after removals within one delta.
+                    for id in &removed {
+                        if let Some(inst) = upserted.iter().rev().find(|i| i.id() == id) {
+                            model.insert(id.clone(), inst.clone());
+                        }
+                    }
+                    WatchEvent::Delta { upserted, removed }
+                };
+                tx.send(event).expect("client listens");
+                let want: BTreeMap<&str, &Instance> = model
+                    .iter()
+                    .filter(|(_, i)| i.is_enabled())
+                    .map(|(id, i)| (id.as_str(), i))
+                    .collect();
+                let mut settled = false;
+                // (A background table rebuild may hold the discovery task
+                // for a moment.)
+                for _ in 0..5_000 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    let have: BTreeMap<String, Instance> = client
+                        .instances()
+                        .into_iter()
+                        .map(|i| (i.id().to_owned(), i))
+                        .collect();
+                    if have.len() == want.len()
+                        && have.iter().all(|(id, i)| want.get(id.as_str()) == Some(&i))
+                    {
+                        settled = true;
+                        break;
+                    }
+                }
+                assert!(settled, "step {step}: the snapshot follows the model");
+                // Mark a few live endpoints unhealthy: the tally must count
+                // exactly the live ones, those that left being retired.
+                let snap = shared.snapshot.load();
+                for (i, e) in snap.endpoints.iter().enumerate() {
+                    if rng.u8(..10) == 0 {
+                        e.core
+                            .state
+                            .set(super::super::eligibility::UNHEALTHY, true, &shared.tally);
+                    }
+                    assert_eq!(snap.endpoints[i].core.id, e.instance.id());
+                }
+                let unhealthy = snap
+                    .endpoints
+                    .iter()
+                    .filter(|e| !e.core.is_healthy())
+                    .count();
+                assert_eq!(shared.tally.counts().unhealthy, unhealthy, "step {step}");
+                let disabled = model.values().filter(|i| !i.is_enabled()).count();
+                assert_eq!(
+                    shared.disabled.load(std::sync::atomic::Ordering::Relaxed),
+                    disabled,
+                    "step {step}"
+                );
+            }
+        }
     }
 }

@@ -64,7 +64,8 @@ pub enum WatchEvent {
     Full(Vec<Instance>),
     /// What changed since the previous event: instances that joined or whose
     /// entry changed (by id), and the ids of instances that left. A watcher
-    /// applies it in time proportional to the change, not to the set.
+    /// applies it in time proportional to the change, not to the set:
+    /// removals first, then upserts (the last entry of an id counts).
     Delta {
         /// Instances added, or replacing the entry with the same id.
         upserted: Vec<Instance>,
