@@ -39,4 +39,4 @@ pub use balance::Balancer;
 pub use breaker::Breaker;
 pub use client::{Client, ClientBuilder};
 pub use instance::{Instance, InstanceError, Status};
-pub use registry::{RegisterOptions, Registration, Registry, RegistryError};
+pub use registry::{RegisterOptions, Registration, Registry, RegistryError, WatchEvent};

@@ -5,7 +5,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::Arc;
 
-use fyerrpc::balance::{by_name, hash_key, Candidate, PickContext, POLICY_NAMES};
+use fyerrpc::balance::{by_name, hash_key, Candidate, Edit, PickContext, Picker, POLICY_NAMES};
 use fyerrpc::Instance;
 
 struct Counting;
@@ -48,8 +48,25 @@ fn picking_never_allocates() {
         .collect();
     let odd = |i: usize| i % 2 == 1;
     let none = |_: usize| false;
-    for name in POLICY_NAMES {
-        let picker = by_name(name).unwrap().build(&endpoints);
+    // A picker as built, and one that followed a change of the set (an
+    // instance removed, one added, one reweighted): the delta path.
+    let extra = Candidate::new(Arc::new(
+        Instance::new("extra", "S", "10.9.9.9:80").unwrap(),
+    ));
+    let edits = [
+        Edit::SwapRemove(3),
+        Edit::Push(extra),
+        Edit::Replace(7, endpoints[7].clone()),
+    ];
+    let pickers = POLICY_NAMES.iter().flat_map(|name| {
+        let built = by_name(name).unwrap().build(&endpoints);
+        let edited = Arc::clone(&built)
+            .apply(&edits)
+            .unwrap_or_else(|| by_name(name).unwrap().build(&endpoints));
+        [(*name, built), (*name, edited)]
+    });
+    let pickers: Vec<(&str, Arc<dyn Picker>)> = pickers.collect();
+    for (name, picker) in pickers {
         let before = allocations();
         for k in 0..10_000u64 {
             let ctx = PickContext::new("/S/M");

@@ -283,7 +283,7 @@ async fn mutual_tls_refuses_clients_without_a_certificate_of_the_ca() {
     // No client certificate.
     let (err, _c) = refusal(&server, &[], |b| b.tls(base())).await;
     let msg = err.message().to_owned();
-    assert!(msg.contains("could not reach instance s1"), "{msg}");
+    assert!(msg.contains("could not connect to instance s1"), "{msg}");
     assert!(
         msg.contains("requires a client certificate"),
         "the error says why: {msg}"
@@ -298,7 +298,7 @@ async fn mutual_tls_refuses_clients_without_a_certificate_of_the_ca() {
     })
     .await;
     let msg = err.message().to_owned();
-    assert!(msg.contains("could not reach instance s1"), "{msg}");
+    assert!(msg.contains("could not connect to instance s1"), "{msg}");
     assert!(
         msg.contains("refused the client certificate"),
         "the error says why: {msg}"
@@ -387,7 +387,7 @@ async fn a_plaintext_client_is_told_the_instance_requires_tls() {
     // Without the flag: the instance's answer to the HTTP/2 preface tells.
     let (err, client) = refusal(&server, &[], |b| b).await;
     let msg = err.message().to_owned();
-    assert!(msg.contains("could not reach instance s1"), "{msg}");
+    assert!(msg.contains("could not connect to instance s1"), "{msg}");
     assert!(
         msg.contains("requires TLS") || msg.contains("does it require TLS?"),
         "{msg}"
@@ -413,7 +413,7 @@ async fn a_tls_client_is_told_the_instance_is_plaintext() {
     // Without the flag: the handshake fails at connect time.
     let (err, client) = refusal(&server, &[], |b| b.tls(tls())).await;
     let msg = err.message().to_owned();
-    assert!(msg.contains("could not reach instance s1"), "{msg}");
+    assert!(msg.contains("could not connect to instance s1"), "{msg}");
     assert!(msg.contains("does it serve plaintext?"), "{msg}");
     assert_bounded(&client, 10).await;
     assert_eq!(server.calls(), 0);

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::p2c::WeightedLoads;
-use super::{Balancer, Candidate, PickContext, Picker};
+use super::{Balancer, Candidate, Edit, PickContext, Picker};
 
 /// Draws two distinct random eligible endpoints and picks the one with fewer
 /// requests in flight ([`Load::in_flight`](super::Load::in_flight)), relative
@@ -53,5 +53,9 @@ impl Picker for LeastRequestPicker {
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
         self.0
             .pick_cheaper(ctx, |load| f64::from(load.in_flight() + 1))
+    }
+
+    fn apply(self: Arc<Self>, edits: &[Edit]) -> Option<Arc<dyn Picker>> {
+        Some(Arc::new(LeastRequestPicker(self.0.edited(edits))))
     }
 }

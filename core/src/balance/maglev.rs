@@ -6,8 +6,9 @@ use std::collections::BinaryHeap;
 use std::fmt;
 use std::sync::Arc;
 
+use super::remap::Remapped;
 use super::sample::{random_eligible, scan_from};
-use super::{hash_key, mix64, Balancer, Candidate, PickContext, Picker};
+use super::{hash_key, mix64, Balancer, Candidate, Edit, PickContext, Picker};
 
 /// Alternative table slots tried (by rehashing the key) when the key's
 /// endpoint is ineligible, before scanning.
@@ -32,6 +33,10 @@ const REHASHES: u64 = 16;
 /// A key whose endpoint is ineligible is rehashed to another slot, the same
 /// for every pick of that key, so its calls still stick to one endpoint.
 /// Requests without a hash key go to a random eligible endpoint.
+///
+/// A change of the set is followed as by [`RingHash`](super::RingHash): the
+/// old table stays in use, mapped to the new endpoint list, until the client
+/// builds it again in the background once the set is quiet.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -217,6 +222,11 @@ impl Picker for MaglevPicker {
             ));
         }
         scan_from(ctx, i, self.n)
+    }
+
+    fn apply(self: Arc<Self>, edits: &[Edit]) -> Option<Arc<dyn Picker>> {
+        let n = self.n;
+        Some(Remapped::start(self, n, edits))
     }
 }
 

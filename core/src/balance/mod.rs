@@ -44,8 +44,11 @@
 //! Every picker is lock-free and allocation-free, never returns an
 //! ineligible endpoint, and returns `None` only when no endpoint is eligible.
 
+mod chunked;
 mod load;
+mod remap;
 
+pub(crate) use chunked::Chunked;
 pub use load::{Load, EWMA_DECAY};
 
 use std::fmt;
@@ -195,6 +198,29 @@ pub trait Balancer: Send + Sync + fmt::Debug + 'static {
     fn build(&self, endpoints: &[Candidate]) -> Arc<dyn Picker>;
 }
 
+/// One change of the endpoint list a picker was built for. A list of edits
+/// is applied in order; indices refer to the list as the edits before left it.
+#[derive(Debug, Clone)]
+pub enum Edit {
+    /// The endpoint at this index left the set, and the last endpoint moved
+    /// into its place (nothing else moves).
+    SwapRemove(usize),
+    /// A new endpoint joined, at the end of the list.
+    Push(Candidate),
+    /// The endpoint at this index stays, with a new registry entry (same id,
+    /// another weight or metadata).
+    Replace(usize, Candidate),
+}
+
+/// The length of a list of `n` endpoints after `edits`.
+pub fn len_after(n: usize, edits: &[Edit]) -> usize {
+    edits.iter().fold(n, |n, e| match e {
+        Edit::SwapRemove(i) if *i < n => n - 1,
+        Edit::Push(_) => n + 1,
+        _ => n,
+    })
+}
+
 /// Picks an endpoint for one call from one snapshot. Must not block, lock
 /// against other pickers for long, or allocate.
 pub trait Picker: Send + Sync + fmt::Debug + 'static {
@@ -205,6 +231,21 @@ pub trait Picker: Send + Sync + fmt::Debug + 'static {
     /// [`Load`] is already updated; policies with state of their own use this.
     fn feedback(&self, index: usize, feedback: &Feedback) {
         let _ = (index, feedback);
+    }
+    /// The picker for the endpoint list after `edits`, in time proportional
+    /// to the edits rather than to the list, or `None` when the policy must
+    /// be [built](Balancer::build) again from the whole list (the default).
+    /// The picker itself stays valid for the list it was built for.
+    fn apply(self: Arc<Self>, edits: &[Edit]) -> Option<Arc<dyn Picker>> {
+        let _ = edits;
+        None
+    }
+    /// Whether this picker serves from a table built for an earlier list
+    /// (see [`RingHash`]): correct, but endpoints that joined since take no
+    /// keyed traffic until the client builds the policy again, which it
+    /// does off the call path soon after the set stops changing.
+    fn is_stale(&self) -> bool {
+        false
     }
 }
 

@@ -3,25 +3,42 @@
 //! their cost function.
 
 use super::sample::{random_eligible, random_other};
-use super::{Candidate, Load, PickContext};
+use std::sync::Arc;
 
-/// The endpoints of a load-aware picker, with `1 / weight` of each so that
-/// weighted costs multiply instead of divide on the pick path.
+use super::{Candidate, Chunked, Edit, Load, PickContext};
+
+/// The endpoints of a load-aware picker: the load of each and `1 / weight`,
+/// so that weighted costs multiply instead of divide on the pick path. Kept
+/// in a persistent vector so that a change of the set is an edit, not a copy.
 #[derive(Debug)]
 pub(super) struct WeightedLoads {
-    endpoints: Box<[Candidate]>,
-    inv_weight: Box<[f64]>,
+    endpoints: Chunked<(Arc<Load>, f64)>,
+}
+
+fn entry(c: &Candidate) -> (Arc<Load>, f64) {
+    (Arc::clone(&c.load), 1.0 / f64::from(c.weight().max(1)))
 }
 
 impl WeightedLoads {
     pub(super) fn new(endpoints: &[Candidate]) -> Self {
         Self {
-            inv_weight: endpoints
-                .iter()
-                .map(|c| 1.0 / f64::from(c.weight().max(1)))
-                .collect(),
-            endpoints: endpoints.into(),
+            endpoints: endpoints.iter().map(entry).collect(),
         }
+    }
+
+    /// The loads after `edits`, sharing what they do not touch.
+    pub(super) fn edited(&self, edits: &[Edit]) -> Self {
+        let mut endpoints = self.endpoints.clone();
+        for e in edits {
+            match e {
+                Edit::SwapRemove(i) => {
+                    endpoints.swap_remove(*i);
+                }
+                Edit::Push(c) => endpoints.push(entry(c)),
+                Edit::Replace(i, c) => endpoints.set(*i, entry(c)),
+            }
+        }
+        Self { endpoints }
     }
 
     /// [`pick_cheaper`] by `cost(load) / weight`.
@@ -31,7 +48,8 @@ impl WeightedLoads {
         cost: impl Fn(&Load) -> f64,
     ) -> Option<usize> {
         pick_cheaper(ctx, self.endpoints.len(), |i| {
-            cost(self.endpoints[i].load()) * self.inv_weight[i]
+            let (load, inv_weight) = &self.endpoints[i];
+            cost(load) * inv_weight
         })
     }
 }

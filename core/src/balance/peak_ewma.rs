@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::load::now_nanos;
 use super::p2c::WeightedLoads;
-use super::{Balancer, Candidate, PickContext, Picker};
+use super::{Balancer, Candidate, Edit, PickContext, Picker};
 
 /// Draws two distinct random eligible endpoints and picks the one with the
 /// lower peak-EWMA cost ([`Load::peak_ewma_cost`](super::Load::peak_ewma_cost):
@@ -53,5 +53,9 @@ impl Picker for PeakEwmaPicker {
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
         let now = now_nanos();
         self.0.pick_cheaper(ctx, |load| load.peak_ewma_cost_at(now))
+    }
+
+    fn apply(self: Arc<Self>, edits: &[Edit]) -> Option<Arc<dyn Picker>> {
+        Some(Arc::new(PeakEwmaPicker(self.0.edited(edits))))
     }
 }

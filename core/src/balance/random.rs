@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::sample::random_eligible;
-use super::{Balancer, Candidate, PickContext, Picker};
+use super::{len_after, Balancer, Candidate, Edit, PickContext, Picker};
 
 /// Picks a uniformly random eligible endpoint. Weights are ignored (see
 /// [`WeightedRandom`](super::WeightedRandom)).
@@ -49,5 +49,11 @@ struct RandomPicker {
 impl Picker for RandomPicker {
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
         random_eligible(ctx, self.n)
+    }
+
+    fn apply(self: Arc<Self>, edits: &[Edit]) -> Option<Arc<dyn Picker>> {
+        Some(Arc::new(RandomPicker {
+            n: len_after(self.n, edits),
+        }))
     }
 }

@@ -4,8 +4,9 @@
 use std::fmt;
 use std::sync::Arc;
 
+use super::remap::Remapped;
 use super::sample::{random_eligible, scan_from};
-use super::{hash_key, mix64, Balancer, Candidate, PickContext, Picker};
+use super::{hash_key, mix64, Balancer, Candidate, Edit, PickContext, Picker};
 
 /// Ring entries walked before checking that any endpoint is eligible at all.
 const WALK_BEFORE_CHECK: usize = 256;
@@ -37,6 +38,14 @@ const WALK_BEFORE_CHECK: usize = 256;
 /// to the first node of an eligible endpoint: the keys of an ineligible
 /// endpoint spread over the others and come back when it recovers. Requests
 /// without a hash key go to a random eligible endpoint.
+///
+/// When the set changes, the ring is not built again at once (that costs
+/// time in proportion to the ring, about 100 ms for a million nodes, and a
+/// rollout changes instances one at a time): the old ring stays in use with
+/// its endpoints mapped to their new places, keys of an instance that left
+/// move on as from an ejected one, and an instance that joined takes only
+/// calls without a key. The client builds the ring again in the background
+/// once the set has been quiet for a moment (see [`Picker::is_stale`]).
 ///
 /// ```
 /// use std::sync::Arc;
@@ -236,6 +245,11 @@ impl Picker for RingHashPicker {
         // eligible, otherwise finish the walk.
         scan_from(ctx, 0, self.n)?;
         walk.find(|&i| ctx.is_eligible(i))
+    }
+
+    fn apply(self: Arc<Self>, edits: &[Edit]) -> Option<Arc<dyn Picker>> {
+        let n = self.n;
+        Some(Remapped::start(self, n, edits))
     }
 }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::sample::follow;
 use super::striped::StripedCounter;
-use super::{Balancer, Candidate, PickContext, Picker};
+use super::{len_after, Balancer, Candidate, Edit, PickContext, Picker};
 
 /// Round robin over the endpoints, skipping ineligible ones. Weights are
 /// ignored (see [`WeightedRoundRobin`](super::WeightedRoundRobin)).
@@ -58,5 +58,13 @@ struct RoundRobinPicker {
 impl Picker for RoundRobinPicker {
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
         follow(ctx, self.n, || (self.next.next() % self.n as u64) as usize)
+    }
+
+    fn apply(self: Arc<Self>, edits: &[Edit]) -> Option<Arc<dyn Picker>> {
+        let n = len_after(self.n, edits);
+        Some(Arc::new(RoundRobinPicker {
+            n,
+            next: StripedCounter::new(fastrand::u64(..n.max(1) as u64), n as u64),
+        }))
     }
 }

@@ -1,6 +1,5 @@
 //! [`ClientBuilder`]: every knob of the client, with documented defaults.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -71,6 +70,7 @@ pub(crate) struct Config {
     pub reconnect_max: Duration,
     pub stats_retention: Duration,
     pub transport: TransportConfig,
+    pub instance_label: bool,
 }
 
 /// Default time the counters of an instance that left are kept.
@@ -91,6 +91,7 @@ pub const DEFAULT_STATS_RETENTION: Duration = Duration::from_secs(300);
 /// | wait for ready | off: when every instance is unreachable, calls fail at once |
 /// | reconnect probes | from 200 ms, ×1.6, at most 5 s apart |
 /// | stats retention | 5 min: counters of instances gone for longer are dropped |
+/// | instance label | on: per-instance metric series carry the instance id |
 /// | hash header | [`DEFAULT_HASH_HEADER`] |
 /// | transport | plaintext HTTP/2 (h2c); TLS with `tls(...)` (feature `tls`) |
 /// | endpoint settings | TCP no-delay, HTTP/2 keep-alive every 30 s while calls are open |
@@ -132,6 +133,7 @@ impl ClientBuilder {
                 reconnect_max: super::DEFAULT_RECONNECT_MAX,
                 stats_retention: DEFAULT_STATS_RETENTION,
                 transport: TransportConfig::default(),
+                instance_label: true,
             },
         }
     }
@@ -282,6 +284,23 @@ impl ClientBuilder {
         self
     }
 
+    /// Whether per-instance metric series (attempts, health checks, breaker
+    /// transitions and state, failovers) carry the instance id in their
+    /// `instance` label (the default), or the constant
+    /// [`AGGREGATE_INSTANCE_LABEL`](super::AGGREGATE_INSTANCE_LABEL), which
+    /// sums them per service. Turn it off for very large or fast-changing
+    /// sets, where a series per instance id would grow the scrape without
+    /// bound. [`Client::stats`] keeps per-instance counts either way.
+    ///
+    /// The `metrics` facade cannot delete a series: with the label on, a
+    /// series of an instance that left stays in the recorder until the
+    /// recorder drops it (the Prometheus exporter does with its idle
+    /// timeout, `PrometheusBuilder::idle_timeout`).
+    pub fn instance_label(mut self, on: bool) -> Self {
+        self.config.instance_label = on;
+        self
+    }
+
     fn validate(&self) -> Result<(), ClientError> {
         self.config.failover.validate()?;
         let invalid = |name, reason: &str| {
@@ -349,7 +368,7 @@ impl ClientBuilder {
             backoff,
             reconnect,
             counters: ClientCounters::default(),
-            instances: Mutex::new(HashMap::new()),
+            instances: Mutex::new(super::InstanceBook::default()),
             ready: watch::channel(0).0,
         });
         let task = runtime.spawn(run_discovery(Arc::downgrade(&shared)));

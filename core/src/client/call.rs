@@ -554,7 +554,7 @@ async fn send(
     core.counters.attempts.fetch_add(1, Ordering::Relaxed);
     let t0 = Instant::now();
     let guard = Cancelled(Some((core, picked.permit)));
-    let call = core.channel.clone().oneshot(req);
+    let call = core.channel().oneshot(req);
     let result = match timeout {
         Some(t) => tokio::time::timeout(t, call).await,
         None => Ok(call.await),
@@ -738,7 +738,7 @@ fn note_retry(shared: &Shared, ctx: &CallCtx, prev: Option<&Arc<EndpointCore>>, 
     if let Some(prev) = prev.filter(|p| !Arc::ptr_eq(p, &ep.core)) {
         ClientCounters::incr(&shared.counters.failovers);
         metrics::counter!(m::CLIENT_FAILOVERS, "service" => shared.service.to_string(),
-            "from_instance" => prev.id.clone(), "to_instance" => ep.core.id.clone())
+            "from_instance" => prev.label.to_string(), "to_instance" => ep.core.label.to_string())
         .increment(1);
         tracing::debug!(service = %shared.service, method = %ctx.method,
             from = %prev.id, to = %ep.core.id, "failing over");

@@ -185,15 +185,64 @@ fn declares_tls(inst: &Instance) -> Option<bool> {
     }
 }
 
-/// The instance's lazily connected channel: nothing is dialed before the
-/// first call (or health check). A protocol mismatch declared in the
-/// metadata gives a channel whose every connection attempt fails with a
-/// [`TransportMismatch`].
-pub(crate) fn channel(
+/// How to open one instance's channel, decided and checked on discovery;
+/// the channel itself is created on first use (a call or a health check),
+/// so that an idle instance costs no channel and no task.
+#[derive(Clone)]
+pub(crate) struct LazyConnect {
+    endpoint: Endpoint,
+    how: How,
+}
+
+#[derive(Clone)]
+enum How {
+    /// The metadata declares the other protocol: every connection attempt
+    /// fails with this.
+    Mismatch(TransportMismatch),
+    Plain(io::PlainConnector),
+    #[cfg(feature = "tls")]
+    Tls(tls::Connector),
+}
+
+impl std::fmt::Debug for LazyConnect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = match &self.how {
+            How::Mismatch(m) => return write!(f, "LazyConnect(mismatch: {m})"),
+            How::Plain(_) => "plaintext",
+            #[cfg(feature = "tls")]
+            How::Tls(_) => "tls",
+        };
+        write!(f, "LazyConnect({how} {})", self.endpoint.uri())
+    }
+}
+
+impl LazyConnect {
+    /// A lazily connected channel: nothing is dialed before its first use.
+    pub(crate) fn channel(&self) -> Channel {
+        let endpoint = self.endpoint.clone();
+        match &self.how {
+            How::Mismatch(mismatch) => {
+                let mismatch = mismatch.clone();
+                endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+                    let mismatch = mismatch.clone();
+                    async move { Err::<TokioIo<TcpStream>, _>(mismatch) }
+                }))
+            }
+            How::Plain(connector) => endpoint.connect_with_connector_lazy(connector.clone()),
+            #[cfg(feature = "tls")]
+            How::Tls(connector) => endpoint.connect_with_connector_lazy(connector.clone()),
+        }
+    }
+}
+
+/// How to reach `inst`: the one place a channel's settings are decided. A
+/// protocol mismatch declared in the metadata gives a channel whose every
+/// connection attempt fails with a [`TransportMismatch`].
+pub(crate) fn prepare(
     config: &TransportConfig,
     connect_timeout: Duration,
     inst: &Instance,
-) -> Result<Channel, ChannelError> {
+) -> Result<LazyConnect, ChannelError> {
     let address_error = |source| ChannelError::Address {
         id: inst.id().to_owned(),
         address: inst.address().to_owned(),
@@ -216,12 +265,10 @@ pub(crate) fn channel(
     };
     if let Some(mismatch) = mismatch {
         tracing::warn!(instance = %inst, error = %mismatch, "instance not usable by this client");
-        return Ok(
-            endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
-                let mismatch = mismatch.clone();
-                async move { Err::<TokioIo<TcpStream>, _>(mismatch) }
-            })),
-        );
+        return Ok(LazyConnect {
+            endpoint,
+            how: How::Mismatch(mismatch),
+        });
     }
     let mut endpoint = endpoint
         .connect_timeout(connect_timeout)
@@ -242,9 +289,15 @@ pub(crate) fn channel(
             address: inst.address().to_owned(),
             source,
         })?;
-        return Ok(endpoint.connect_with_connector_lazy(connector));
+        return Ok(LazyConnect {
+            endpoint,
+            how: How::Tls(connector),
+        });
     }
-    Ok(endpoint.connect_with_connector_lazy(io::PlainConnector::new(inst, connect_timeout)))
+    Ok(LazyConnect {
+        endpoint,
+        how: How::Plain(io::PlainConnector::new(inst, connect_timeout)),
+    })
 }
 
 mod io;
@@ -304,18 +357,19 @@ mod tests {
     #[tokio::test]
     async fn a_declared_mismatch_fails_at_connect_time() {
         let config = TransportConfig::default();
-        let ch = channel(
+        let ch = prepare(
             &config,
             Duration::from_secs(1),
             &instance(&[("tls", "true")]),
         )
-        .unwrap();
+        .unwrap()
+        .channel();
         let err = tower::ServiceExt::oneshot(ch, http::Request::new(tonic::body::Body::empty()))
             .await
             .unwrap_err();
         assert_eq!(
             crate::failover::classify::classify_error(&err),
-            crate::failover::classify::Outcome::NotSent
+            crate::failover::classify::Outcome::Unreachable
         );
         assert!(
             describe(&err).contains("requires TLS"),

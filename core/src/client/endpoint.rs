@@ -1,5 +1,10 @@
 //! Per-instance state of a client: its channel, breaker, load, eligibility
 //! and counters.
+//!
+//! An instance that takes no calls costs one [`EndpointCore`] (a few hundred
+//! bytes): its tonic `Channel`, with the task that drives it, is created on
+//! first use (a call, a health check, a reachability probe), not on
+//! discovery.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
@@ -11,6 +16,7 @@ use super::eligibility::EndpointState;
 use super::handles::InstanceHandles;
 use crate::balance::{Candidate, Load};
 use crate::breaker::Breaker;
+use crate::failover::classify::Outcome;
 use crate::instance::Instance;
 use crate::metrics::InstanceCounters;
 
@@ -20,14 +26,20 @@ use crate::metrics::InstanceCounters;
 pub(crate) struct EndpointCore {
     pub id: String,
     pub address: String,
-    pub channel: Channel,
+    /// The value of the `instance` metric label (the id, or a constant when
+    /// the client is built without per-instance series).
+    pub label: Arc<str>,
+    /// How to connect, validated on discovery.
+    connect: super::connect::LazyConnect,
+    /// Created on first use.
+    channel: OnceLock<Channel>,
     pub breaker: Box<dyn Breaker>,
     pub load: Arc<Load>,
     /// Why the endpoint may not take calls, if anything.
     pub state: EndpointState,
     pub counters: Arc<InstanceCounters>,
     pub health_task: OnceLock<AbortHandle>,
-    pub handles: InstanceHandles,
+    pub handles: LazyHandles,
     /// A reachability check is running (after a broken connection).
     pub checking: AtomicBool,
 }
@@ -35,23 +47,36 @@ pub(crate) struct EndpointCore {
 impl EndpointCore {
     pub(crate) fn new(
         instance: &Instance,
-        channel: Channel,
+        connect: super::connect::LazyConnect,
         breaker: Box<dyn Breaker>,
         counters: Arc<InstanceCounters>,
         service: Arc<str>,
+        label: Arc<str>,
     ) -> Self {
         Self {
             id: instance.id().to_owned(),
             address: instance.address().to_owned(),
-            channel,
+            handles: LazyHandles {
+                service,
+                label: Arc::clone(&label),
+                handles: OnceLock::new(),
+            },
+            label,
+            connect,
+            channel: OnceLock::new(),
             breaker,
             load: Arc::new(Load::new()),
             state: EndpointState::default(),
             counters,
             health_task: OnceLock::new(),
-            handles: InstanceHandles::new(service, instance.id()),
             checking: AtomicBool::new(false),
         }
+    }
+
+    /// The instance's channel, created (connecting lazily) on first use.
+    /// Must be called within a tokio runtime.
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel.get_or_init(|| self.connect.channel()).clone()
     }
 
     /// Whether the last active health check verdict is healthy (true
@@ -71,6 +96,24 @@ impl Drop for EndpointCore {
         if let Some(task) = self.health_task.get() {
             task.abort();
         }
+    }
+}
+
+/// The per-instance metric handles, registered on the first attempt: an
+/// instance that takes no calls holds two pointers for them.
+#[derive(Debug)]
+pub(crate) struct LazyHandles {
+    service: Arc<str>,
+    label: Arc<str>,
+    handles: OnceLock<Box<InstanceHandles>>,
+}
+
+impl LazyHandles {
+    /// Counts an attempt on the instance.
+    pub(crate) fn attempt(&self, outcome: Outcome) {
+        self.handles
+            .get_or_init(|| Box::new(InstanceHandles::new(Arc::clone(&self.service), &self.label)))
+            .attempt(outcome);
     }
 }
 

@@ -116,10 +116,10 @@ impl Shared {
                 to = %t.to, "circuit breaker state changed");
         }
         metrics::counter!(m::CLIENT_BREAKER_TRANSITIONS, "service" => self.service.to_string(),
-            "instance" => core.id.clone(), "to" => t.to.as_str())
+            "instance" => core.label.to_string(), "to" => t.to.as_str())
         .increment(1);
         metrics::gauge!(m::CLIENT_BREAKER_STATE, "service" => self.service.to_string(),
-            "instance" => core.id.clone())
+            "instance" => core.label.to_string())
         .set(t.to.gauge());
         let _ = self.events.send(BreakerEvent {
             instance: core.id.clone(),
@@ -162,7 +162,7 @@ impl Shared {
             return;
         };
         let (shared, weak) = (Arc::downgrade(self), Arc::downgrade(core));
-        let channel = core.channel.clone();
+        let channel = core.channel();
         let timeout = self.config.connect_timeout.saturating_mul(2);
         runtime.spawn(async move {
             let result = crate::health::check(channel, "", timeout).await;

@@ -69,6 +69,10 @@ mod reconnect;
 mod snapshot;
 
 pub use builder::{ClientBuilder, ClientError, DEFAULT_HASH_HEADER, DEFAULT_STATS_RETENTION};
+
+/// The `instance` label of per-instance metric series when the client is
+/// built with [`ClientBuilder::instance_label`] off.
+pub const AGGREGATE_INSTANCE_LABEL: &str = "*";
 pub use call::{BoxError, WaitForReady};
 pub use connect::{
     ChannelError, ConnectFailure, EndpointHook, TransportMismatch, TLS_METADATA_KEY,
@@ -77,7 +81,9 @@ pub use connect::{
 pub use events::BreakerEvent;
 pub use reconnect::{DEFAULT_RECONNECT_BASE, DEFAULT_RECONNECT_MAX};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+
+use foldhash::HashMap as FastMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::AtomicUsize;
@@ -111,6 +117,17 @@ struct InstanceEntry {
     gone_since: Option<Instant>,
 }
 
+/// The per-instance counters by instance id, and the instances that left in
+/// the order they left, so that forgetting those gone for longer than the
+/// retention costs nothing for the instances that stay.
+#[derive(Debug, Default)]
+pub(crate) struct InstanceBook {
+    map: FastMap<String, InstanceEntry>,
+    /// `(when it left, id)`, oldest first; an entry whose instance came back
+    /// (or left again later) is skipped when it comes up.
+    gone: VecDeque<(Instant, String)>,
+}
+
 /// State shared by all clones of a client.
 pub(crate) struct Shared {
     service: Arc<str>,
@@ -130,38 +147,60 @@ pub(crate) struct Shared {
     backoff: Backoff,
     reconnect: Backoff,
     counters: ClientCounters,
-    instances: Mutex<HashMap<String, InstanceEntry>>,
+    instances: Mutex<InstanceBook>,
     ready: watch::Sender<usize>,
     method_metrics: handles::MethodTable,
 }
 
 impl Shared {
     fn instance_counters(&self, id: &str, address: &str) -> Arc<InstanceCounters> {
-        let mut map = self.instances.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = map.entry(id.to_owned()).or_insert_with(|| InstanceEntry {
-            address: address.to_owned(),
-            counters: Arc::default(),
-            gone_since: None,
-        });
+        let mut book = self.instances.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = book
+            .map
+            .entry(id.to_owned())
+            .or_insert_with(|| InstanceEntry {
+                address: address.to_owned(),
+                counters: Arc::default(),
+                gone_since: None,
+            });
         address.clone_into(&mut entry.address);
         entry.gone_since = None;
         Arc::clone(&entry.counters)
     }
 
     /// Marks instances that left the snapshot, and forgets the counters of
-    /// those gone for longer than the retention period.
-    fn sweep_instances(&self, present: &dyn Fn(&str) -> bool) {
+    /// those gone for longer than the retention period. Costs time in
+    /// proportion to the instances that left (now and long enough ago).
+    fn sweep_instances<'a>(&self, left: impl IntoIterator<Item = &'a str>) {
         let now = Instant::now();
-        let retention = self.config.stats_retention;
-        let mut map = self.instances.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|id, entry| {
-            if present(id) {
-                entry.gone_since = None;
-                return true;
+        let mut book = self.instances.lock().unwrap_or_else(|e| e.into_inner());
+        for id in left {
+            if let Some(entry) = book.map.get_mut(id) {
+                if entry.gone_since.is_none() {
+                    entry.gone_since = Some(now);
+                    book.gone.push_back((now, id.to_owned()));
+                }
             }
-            let since = *entry.gone_since.get_or_insert(now);
-            now.saturating_duration_since(since) < retention
-        });
+        }
+        Self::expire(&mut book, now, self.config.stats_retention);
+    }
+
+    fn expire(book: &mut InstanceBook, now: Instant, retention: Duration) {
+        while let Some((since, _)) = book.gone.front() {
+            if now.saturating_duration_since(*since) < retention {
+                break;
+            }
+            let Some((since, id)) = book.gone.pop_front() else {
+                break;
+            };
+            if book
+                .map
+                .get(&id)
+                .is_some_and(|e| e.gone_since == Some(since))
+            {
+                book.map.remove(&id);
+            }
+        }
     }
 }
 
@@ -220,6 +259,12 @@ impl Client {
         }
     }
 
+    /// How many instances are in use (enabled and selected): the length of
+    /// [`instances`](Self::instances), without copying them.
+    pub fn instance_count(&self) -> usize {
+        self.shared.snapshot.load().endpoints.len()
+    }
+
     /// The instances currently in use, in snapshot order.
     pub fn instances(&self) -> Vec<crate::Instance> {
         self.shared
@@ -240,12 +285,18 @@ impl Client {
             .iter()
             .map(|e| (e.core.id.as_str(), &*e.core))
             .collect();
-        let map = self
+        let mut book = self
             .shared
             .instances
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let mut instances: Vec<InstanceStats> = map
+        Shared::expire(
+            &mut book,
+            Instant::now(),
+            self.shared.config.stats_retention,
+        );
+        let mut instances: Vec<InstanceStats> = book
+            .map
             .iter()
             .map(|(id, entry)| {
                 let c = &entry.counters;

@@ -14,6 +14,13 @@
 //! verdict: it marks the instance unreachable instead, and any answer at all
 //! marks it reachable again.
 //!
+//! Checks are spread over the interval: an instance's first check comes at
+//! a random point within the first interval, and the following ones one
+//! interval apart, so that a client of 10,000 instances checked every 2 s
+//! sends about 5,000 checks a second, evenly, rather than 10,000 at once
+//! every 2 s. Each instance's checker is a timer-driven task that sleeps
+//! between checks (its channel is connected when checking starts).
+//!
 //! ```
 //! use std::time::Duration;
 //! use fyerrpc::health::HealthCheckConfig;
@@ -167,11 +174,18 @@ fn classify_status(status: &tonic::Status) -> CheckResult {
     }
 }
 
+/// When an instance's first check comes: at a random point of the first
+/// interval, so that the checks of many instances spread evenly over it.
+fn first_check_delay(interval: Duration) -> Duration {
+    interval.mul_f64(fastrand::f64())
+}
+
 /// Checks one instance until the task is aborted, or until the server turns
 /// out to have no health service. `on_result` sees every result and, when
 /// the result changed the health verdict, the new verdict (`true`: healthy).
 /// The verdict starts healthy; [`CheckResult::Unreachable`] results do not
-/// move it (reachability is reported apart).
+/// move it (reachability is reported apart). The first check comes at a
+/// random point of the first interval, the next ones an interval apart.
 pub async fn run_checker<F>(channel: Channel, config: HealthCheckConfig, mut on_result: F)
 where
     F: FnMut(CheckResult, Option<bool>) + Send,
@@ -179,7 +193,8 @@ where
     let mut healthy = true;
     let mut fails = 0u32;
     let mut passes = 0u32;
-    let mut tick = tokio::time::interval(config.interval);
+    let offset = first_check_delay(config.interval);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
@@ -212,5 +227,25 @@ where
             }
         }
         on_result(result, changed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_checks_spread_over_the_interval() {
+        let interval = Duration::from_secs(2);
+        let mut per_tenth = [0u32; 10];
+        for _ in 0..10_000 {
+            let d = first_check_delay(interval);
+            assert!(d < interval);
+            per_tenth[(d.as_secs_f64() / 0.2) as usize] += 1;
+        }
+        // 10,000 instances: about 1,000 first checks in each 200 ms.
+        for (i, n) in per_tenth.iter().enumerate() {
+            assert!((700..1_300).contains(n), "tenth {i}: {n} checks");
+        }
     }
 }

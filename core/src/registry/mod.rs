@@ -64,6 +64,29 @@ pub const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 pub type WatchStream =
     Pin<Box<dyn Stream<Item = Result<Vec<Instance>, RegistryError>> + Send + 'static>>;
 
+/// One change of a watched instance set, as [`Registry::watch_changes`]
+/// reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// The whole set: it replaces whatever was known.
+    Full(Vec<Instance>),
+    /// What changed since the previous event: instances that joined or whose
+    /// entry changed (by id), and the ids of instances that left. A watcher
+    /// applies it in time proportional to the change, not to the set:
+    /// removals first, then upserts (the last entry of an id counts).
+    Delta {
+        /// Instances added, or replacing the entry with the same id.
+        upserted: Vec<Instance>,
+        /// Ids of instances that left.
+        removed: Vec<String>,
+    },
+}
+
+/// A stream of [`WatchEvent`]s: a [`WatchEvent::Full`] set first, then
+/// either kind after every change. Errors as in [`WatchStream`].
+pub type ChangeStream =
+    Pin<Box<dyn Stream<Item = Result<WatchEvent, RegistryError>> + Send + 'static>>;
+
 /// What went wrong talking to a registry.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -270,6 +293,23 @@ pub trait Registry: Send + Sync + 'static {
         service: &str,
         version: Option<&str>,
     ) -> Result<WatchStream, RegistryError>;
+
+    /// Like [`watch`](Self::watch), but a backend that learns of changes one
+    /// by one (a key written or deleted) may report them as
+    /// [`WatchEvent::Delta`]s, which a client of 100,000 instances applies
+    /// without looking at the instances that did not change. The default
+    /// reports every set of [`watch`](Self::watch) as a
+    /// [`WatchEvent::Full`]; the client then finds the change itself, with
+    /// one lookup per instance.
+    async fn watch_changes(
+        &self,
+        service: &str,
+        version: Option<&str>,
+    ) -> Result<ChangeStream, RegistryError> {
+        use futures_util::StreamExt;
+        let stream = self.watch(service, version).await?;
+        Ok(Box::pin(stream.map(|set| set.map(WatchEvent::Full))))
+    }
 }
 
 /// Sorts a set of instances by (version, id) and drops duplicates of one id,
