@@ -14,22 +14,13 @@ use fyerrpc::breaker::{ConsecutiveFailures, OpenPolicy};
 use fyerrpc::failover::FailoverConfig;
 use fyerrpc::health::HealthCheckConfig;
 use fyerrpc::registry::MemoryRegistry;
-use fyerrpc::{Client, Instance, Registry};
+use fyerrpc::{Client, Registry};
 use support::{check, TestServer, METHOD};
 
-const SERVICE: &str = "grpc.health.v1.Health";
-
-fn instance(id: &str, server: &TestServer) -> Instance {
-    Instance::new(id, SERVICE, server.address()).unwrap()
-}
+use support::instance;
 
 fn cluster(n: usize) -> (Vec<Arc<TestServer>>, Arc<MemoryRegistry>) {
-    let servers: Vec<_> = (0..n).map(|_| TestServer::start()).collect();
-    let registry = Arc::new(MemoryRegistry::new());
-    for (i, s) in servers.iter().enumerate() {
-        registry.insert(instance(&format!("s{i}"), s));
-    }
-    (servers, registry)
+    support::cluster_of(n)
 }
 
 /// The breaker the cases use: trips after 3 failures in a row, short open time.
@@ -41,12 +32,7 @@ async fn client(
     registry: Arc<MemoryRegistry>,
     f: impl FnOnce(fyerrpc::ClientBuilder) -> fyerrpc::ClientBuilder,
 ) -> Client {
-    support::init_tracing();
-    let builder = Client::builder(SERVICE, registry as Arc<dyn Registry>)
-        .request_timeout(Duration::from_secs(5));
-    let client = f(builder).build().await.unwrap();
-    client.ready(Duration::from_secs(5)).await.unwrap();
-    client
+    support::client_of(registry, f).await
 }
 
 /// Calls made by a load run, and the failures among them.

@@ -311,6 +311,38 @@ where
     }
 }
 
+/// The service the test servers serve (the standard health service).
+pub const SERVICE: &str = "grpc.health.v1.Health";
+
+/// An instance of [`SERVICE`] at `server`'s address.
+pub fn instance(id: &str, server: &TestServer) -> fyerrpc::Instance {
+    fyerrpc::Instance::new(id, SERVICE, server.address()).expect("a valid instance")
+}
+
+/// `n` servers, and a memory registry listing them as `s0`, `s1`, ...
+pub fn cluster_of(n: usize) -> (Vec<Arc<TestServer>>, Arc<fyerrpc::registry::MemoryRegistry>) {
+    let servers: Vec<_> = (0..n).map(|_| TestServer::start()).collect();
+    let registry = Arc::new(fyerrpc::registry::MemoryRegistry::new());
+    for (i, s) in servers.iter().enumerate() {
+        registry.insert(instance(&format!("s{i}"), s));
+    }
+    (servers, registry)
+}
+
+/// A client of [`SERVICE`] over `registry` (5 s request timeout, `f` for
+/// the rest), once it has discovered an instance.
+pub async fn client_of(
+    registry: Arc<fyerrpc::registry::MemoryRegistry>,
+    f: impl FnOnce(fyerrpc::ClientBuilder) -> fyerrpc::ClientBuilder,
+) -> fyerrpc::Client {
+    init_tracing();
+    let builder = fyerrpc::Client::builder(SERVICE, registry as Arc<dyn fyerrpc::Registry>)
+        .request_timeout(Duration::from_secs(5));
+    let client = f(builder).build().await.expect("client");
+    client.ready(Duration::from_secs(5)).await.expect("ready");
+    client
+}
+
 /// A loopback address where nothing listens (yet).
 pub fn free_address() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
