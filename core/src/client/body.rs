@@ -26,8 +26,11 @@ impl Replay {
     /// Buffers what the body has ready now, up to `limit` bytes. A body that
     /// is not complete right away (a client stream) or is larger than `limit`
     /// is passed through once, with what was read put back in front.
+    ///
+    /// A body of one data frame (a unary request as tonic encodes it) is
+    /// kept as that frame's bytes, not copied.
     pub(crate) fn prepare(mut body: Body, limit: usize) -> Result<Self, Status> {
-        let mut buf = BytesMut::new();
+        let mut buf = Gathered::default();
         loop {
             if body.is_end_stream() {
                 return Ok(Self::Buffered(buf.freeze()));
@@ -38,7 +41,7 @@ impl Replay {
                 Some(Some(Err(status))) => return Err(status),
                 Some(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
-                        buf.extend_from_slice(&data);
+                        buf.push(data);
                         if buf.len() > limit {
                             return Ok(Self::once(buf.freeze(), body));
                         }
@@ -84,6 +87,50 @@ impl Replay {
             Self::Buffered(bytes) if bytes.is_empty() => Some(Body::empty()),
             Self::Buffered(bytes) => Some(Body::new(http_body_util::Full::new(bytes.clone()))),
             Self::Once(body) => body.take(),
+        }
+    }
+}
+
+/// Data frames read so far: the first one as it came, copied together only
+/// when a second one follows.
+#[derive(Debug, Default)]
+enum Gathered {
+    #[default]
+    Nothing,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Gathered {
+    fn push(&mut self, data: Bytes) {
+        *self = match std::mem::take(self) {
+            Self::Nothing => Self::One(data),
+            Self::One(first) => {
+                let mut buf = BytesMut::with_capacity(first.len() + data.len());
+                buf.extend_from_slice(&first);
+                buf.extend_from_slice(&data);
+                Self::Many(buf)
+            }
+            Self::Many(mut buf) => {
+                buf.extend_from_slice(&data);
+                Self::Many(buf)
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Nothing => 0,
+            Self::One(b) => b.len(),
+            Self::Many(b) => b.len(),
+        }
+    }
+
+    fn freeze(self) -> Bytes {
+        match self {
+            Self::Nothing => Bytes::new(),
+            Self::One(b) => b,
+            Self::Many(b) => b.freeze(),
         }
     }
 }
@@ -216,6 +263,32 @@ mod tests {
             let b = r.next_body().unwrap().collect().await.unwrap().to_bytes();
             assert_eq!(&b[..], b"hello");
         }
+    }
+
+    #[tokio::test]
+    async fn one_frame_is_kept_without_a_copy_and_frames_are_joined() {
+        let data = Bytes::from(vec![1u8, 2, 3]);
+        let body = Body::new(http_body_util::Full::new(data.clone()));
+        let Replay::Buffered(kept) = Replay::prepare(body, 1024).unwrap() else {
+            panic!("a small complete body is buffered");
+        };
+        assert_eq!(kept.as_ptr(), data.as_ptr(), "the same bytes, not a copy");
+
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Status>>(2);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"ab"))))
+            .await
+            .unwrap();
+        tx.send(Ok(Frame::data(Bytes::from_static(b"cd"))))
+            .await
+            .unwrap();
+        drop(tx);
+        let body = Body::new(http_body_util::StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ));
+        let mut r = Replay::prepare(body, 1024).unwrap();
+        assert!(r.can_replay());
+        let b = r.next_body().unwrap().collect().await.unwrap().to_bytes();
+        assert_eq!(&b[..], b"abcd");
     }
 
     #[tokio::test]
