@@ -129,7 +129,7 @@ pub(crate) async fn call(
     let started = Instant::now();
     ClientCounters::incr(&shared.counters.requests);
     shared.budget.deposit();
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
     let failover = &shared.config.failover;
     let method = shared
         .method_metrics
@@ -171,8 +171,10 @@ pub(crate) async fn call(
     let mut transparent = 0usize;
     // After a backoff, a retry may go back to an endpoint already tried.
     let mut allow_tried = false;
-    // The request head went out with an attempt that no other could follow.
-    let mut head_spent = false;
+    // The request head: the original goes out with the first attempt; a
+    // copy is kept for the attempts that may follow it.
+    let mut first_head = Some(parts);
+    let mut kept: Option<KeptHead> = None;
     loop {
         let snap = shared.snapshot.load_full();
         let picked = match acquire(&shared, &snap, &ctx, &tried, prev.as_ref(), allow_tried) {
@@ -213,12 +215,6 @@ pub(crate) async fn call(
             (Some(a), Some(r)) => Some(a.min(r)),
             (a, r) => a.or(r),
         };
-        // Another attempt may follow this one: a counted retry, or a
-        // transparent one to an endpoint not tried yet. Only then is the
-        // request head cloned; otherwise it moves into this attempt.
-        let n = snap.endpoints.len();
-        let may_follow = replay.can_replay()
-            && (counted + 1 < max_attempts || (transparent < n && tried.0.len() + 1 < n));
         let Some(body) = replay.next_body() else {
             release(&ep.core, picked.permit);
             let resp = match last {
@@ -227,11 +223,32 @@ pub(crate) async fn call(
             };
             return Ok(finish_call(&shared, &ctx, resp));
         };
-        let req = if may_follow {
-            attempt_request(&parts, body, attempt_timeout)
-        } else {
-            head_spent = true;
-            last_attempt_request(&mut parts, body, attempt_timeout)
+        let req = match first_head.take() {
+            Some(parts) => {
+                // Another attempt may follow the first: a counted retry, or
+                // a transparent one to an endpoint not tried yet. Only then
+                // is a copy of the head kept.
+                let n = snap.endpoints.len();
+                let may_follow = replay.can_replay() && (max_attempts > 1 || n > 1);
+                if may_follow {
+                    kept = Some(KeptHead::keep(&parts));
+                }
+                let mut req = Request::from_parts(parts, body);
+                set_timeout(&mut req, attempt_timeout);
+                req
+            }
+            None => match &kept {
+                Some(head) => head.request(body, attempt_timeout),
+                None => {
+                    // Unreachable: no attempt follows one that kept no head.
+                    release(&ep.core, picked.permit);
+                    let resp = match last {
+                        Some(last) => last.into_response(),
+                        None => Status::internal("request head already sent").into_http(),
+                    };
+                    return Ok(finish_call(&shared, &ctx, resp));
+                }
+            },
         };
         let (outcome, resp, t0) = send(&shared, &picked, &snap.picker, req, attempt_timeout).await;
         let Some(outcome) = outcome else {
@@ -253,7 +270,7 @@ pub(crate) async fn call(
         };
         tried.0.push(Arc::clone(&core));
         prev = Some(core);
-        let can_replay = replay.can_replay() && !head_spent;
+        let can_replay = replay.can_replay() && kept.is_some();
 
         // Transparent retry: the request never reached a server, and
         // another instance can take it now.
@@ -534,36 +551,73 @@ fn pick_retry(
 /// The `grpc-timeout` header name, parsed once.
 static GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
 
-/// The request of an attempt that another may follow: the head is cloned.
-fn attempt_request(
-    parts: &http::request::Parts,
-    body: Body,
-    timeout: Option<Duration>,
-) -> Request<Body> {
-    let mut req = Request::new(body);
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = parts.uri.clone();
-    *req.version_mut() = parts.version;
-    *req.headers_mut() = parts.headers.clone();
-    *req.extensions_mut() = parts.extensions.clone();
-    set_timeout(&mut req, timeout);
-    req
+/// Headers kept inline, without allocating, when a request has no more.
+const INLINE_HEADERS: usize = 8;
+
+/// A copy of the request head for the attempts after the first, kept
+/// without allocating when the request has at most [`INLINE_HEADERS`]
+/// header values (tonic's own are two or three), and turned into a request
+/// only when a retry is actually sent.
+///
+/// The copy has no extensions. Request extensions never reach the wire and
+/// nothing below the client reads them: the instance's channel is the
+/// client's own, and of its layers only hyper looks at an extension,
+/// `Protocol`, for extended `CONNECT`, which gRPC does not use. Copying them
+/// (tonic-generated clients always add `GrpcMethod`) would cost three
+/// allocations per call for nothing, so only the first attempt carries them.
+struct KeptHead {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: KeptHeaders,
 }
 
-/// The request of the last attempt: the head moves into it.
-fn last_attempt_request(
-    parts: &mut http::request::Parts,
-    body: Body,
-    timeout: Option<Duration>,
-) -> Request<Body> {
-    let mut req = Request::new(body);
-    *req.method_mut() = std::mem::take(&mut parts.method);
-    *req.uri_mut() = std::mem::take(&mut parts.uri);
-    *req.version_mut() = parts.version;
-    *req.headers_mut() = std::mem::take(&mut parts.headers);
-    *req.extensions_mut() = std::mem::take(&mut parts.extensions);
-    set_timeout(&mut req, timeout);
-    req
+enum KeptHeaders {
+    Inline([Option<(http::HeaderName, HeaderValue)>; INLINE_HEADERS]),
+    Map(http::HeaderMap),
+}
+
+impl KeptHead {
+    fn keep(parts: &http::request::Parts) -> Self {
+        let headers = if parts.headers.len() <= INLINE_HEADERS {
+            let mut inline: [Option<(http::HeaderName, HeaderValue)>; INLINE_HEADERS] =
+                std::array::from_fn(|_| None);
+            for (slot, (name, value)) in inline.iter_mut().zip(parts.headers.iter()) {
+                *slot = Some((name.clone(), value.clone()));
+            }
+            KeptHeaders::Inline(inline)
+        } else {
+            KeptHeaders::Map(parts.headers.clone())
+        };
+        Self {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers,
+        }
+    }
+
+    /// The request of a later attempt.
+    fn request(&self, body: Body, timeout: Option<Duration>) -> Request<Body> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = match &self.headers {
+            KeptHeaders::Map(map) => map.clone(),
+            KeptHeaders::Inline(inline) => {
+                let mut map = http::HeaderMap::with_capacity(INLINE_HEADERS);
+                // Values of one name come together and in order, so
+                // appending them rebuilds the same map.
+                for (name, value) in inline.iter().flatten() {
+                    map.append(name.clone(), value.clone());
+                }
+                map
+            }
+        };
+        set_timeout(&mut req, timeout);
+        req
+    }
 }
 
 fn set_timeout(req: &mut Request<Body>, timeout: Option<Duration>) {
@@ -860,6 +914,37 @@ fn record_call(shared: &Shared, method: &MethodEntry, started: Instant, code: Co
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_head_rebuilds_the_same_request_head() {
+        for extra in [2usize, 20] {
+            let mut req = Request::builder()
+                .method("POST")
+                .uri("http://a.example/pkg.S/M")
+                .header("te", "trailers")
+                .header("x-multi", "one")
+                .header("x-multi", "two");
+            for i in 0..extra {
+                req = req.header(format!("x-h{i}"), i.to_string());
+            }
+            let req = req.extension(WaitForReady).body(()).expect("a valid request");
+            let (parts, ()) = req.into_parts();
+            let kept = KeptHead::keep(&parts);
+            assert_eq!(
+                matches!(kept.headers, KeptHeaders::Inline(_)),
+                parts.headers.len() <= INLINE_HEADERS
+            );
+            let again = kept.request(Body::empty(), Some(Duration::from_secs(2)));
+            assert_eq!(again.method(), parts.method);
+            assert_eq!(again.uri(), &parts.uri);
+            let multi: Vec<_> = again.headers().get_all("x-multi").iter().collect();
+            assert_eq!(multi, ["one", "two"]);
+            let mut expected = parts.headers.clone();
+            expected.insert("grpc-timeout", HeaderValue::from_static("2000m"));
+            assert_eq!(again.headers(), &expected);
+            assert!(again.extensions().get::<WaitForReady>().is_none());
+        }
+    }
 
     #[test]
     fn timeout_values_match_the_formatter() {
