@@ -98,8 +98,11 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let ops = calls * 50;
     let budget = Arc::new(RetryBudget::new(0.2, 10, Duration::from_secs(10)));
     let policy = ConsecutiveFailures::new(5);
-    let breakers: Arc<Vec<Box<dyn Breaker>>> =
-        Arc::new((0..3).map(|_| fyerrpc::breaker::BreakerPolicy::build(&policy)).collect());
+    let breakers: Arc<Vec<Box<dyn Breaker>>> = Arc::new(
+        (0..3)
+            .map(|_| fyerrpc::breaker::BreakerPolicy::build(&policy))
+            .collect(),
+    );
     let mut book = Table::new([
         "tasks",
         "CPU ns per call (median)",

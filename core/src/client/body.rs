@@ -85,9 +85,32 @@ impl Replay {
     pub(crate) fn next_body(&mut self) -> Option<Body> {
         match self {
             Self::Buffered(bytes) if bytes.is_empty() => Some(Body::empty()),
-            Self::Buffered(bytes) => Some(Body::new(http_body_util::Full::new(bytes.clone()))),
+            Self::Buffered(bytes) => Some(Body::new(Resent(Some(bytes.clone())))),
             Self::Once(body) => body.take(),
         }
+    }
+}
+
+/// A buffered request body sent again: its bytes as one data frame.
+///
+/// Its size hint is left open, as tonic's own request bodies leave it:
+/// with an exact size, hyper would add a `content-length` header to every
+/// request (an allocation on each side, and a header tonic does not send).
+struct Resent(Option<Bytes>);
+
+impl HttpBody for Resent {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        Poll::Ready(self.0.take().map(|b| Ok(Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_none()
     }
 }
 
@@ -289,6 +312,15 @@ mod tests {
         assert!(r.can_replay());
         let b = r.next_body().unwrap().collect().await.unwrap().to_bytes();
         assert_eq!(&b[..], b"abcd");
+    }
+
+    #[tokio::test]
+    async fn resent_bodies_announce_no_length() {
+        let body = Body::new(http_body_util::Full::new(Bytes::from_static(b"hello")));
+        let mut r = Replay::prepare(body, 1024).unwrap();
+        let b = r.next_body().unwrap();
+        assert_eq!(b.size_hint().exact(), None, "no content-length added");
+        assert_eq!(&b.collect().await.unwrap().to_bytes()[..], b"hello");
     }
 
     #[tokio::test]

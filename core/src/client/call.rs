@@ -644,10 +644,7 @@ fn grpc_timeout_parts(d: Duration) -> (u64, u8) {
             return (u64::try_from(v).unwrap_or(99_999_999), unit);
         }
     }
-    (
-        u64::try_from(nanos.clamp(1, 99_999_999)).unwrap_or(1),
-        b'n',
-    )
+    (u64::try_from(nanos.clamp(1, 99_999_999)).unwrap_or(1), b'n')
 }
 
 thread_local! {
@@ -927,7 +924,10 @@ mod tests {
             for i in 0..extra {
                 req = req.header(format!("x-h{i}"), i.to_string());
             }
-            let req = req.extension(WaitForReady).body(()).expect("a valid request");
+            let req = req
+                .extension(WaitForReady)
+                .body(())
+                .expect("a valid request");
             let (parts, ()) = req.into_parts();
             let kept = KeptHead::keep(&parts);
             assert_eq!(
