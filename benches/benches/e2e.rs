@@ -1,10 +1,10 @@
 //! End to end on loopback: unary `SayHello` at concurrency 1, 16 and 64
-//! through a plain tonic channel to one server, tonic's balanced channel
-//! over three servers, and the fyerrpc client over the same three servers
-//! (p2c, breaker, failover); then, over a second cluster of three servers
-//! serving TLS, a plain tonic channel over TLS to one server and the
-//! fyerrpc client over TLS. Servers and clients share one tokio runtime
-//! with a worker per core.
+//! through a plain tonic channel to one server, plain tonic channels to each
+//! of three servers taken in turn, tonic's balanced channel over the three,
+//! and the fyerrpc client over the same three servers (p2c, breaker,
+//! failover); then, over a second cluster of three servers serving TLS, a
+//! plain tonic channel over TLS to one server and the fyerrpc client over
+//! TLS. Servers and clients share one tokio runtime with a worker per core.
 //!
 //! Each iteration is a batch of [`BATCH`] calls spread over the concurrent
 //! tasks; throughput is calls per second (wall time). The process CPU time
@@ -92,11 +92,14 @@ fn summary(wall: &Tally<Key>, cpu: &Tally<Key>) -> String {
     let mut t = Table::new([
         "concurrency",
         "tonic (calls/s)",
+        "tonic each (calls/s)",
         "tonic balanced (calls/s)",
         "fyerrpc (calls/s)",
         "fyerrpc / tonic",
+        "fyerrpc / tonic each",
         "fyerrpc / tonic balanced",
         "CPU µs/call: tonic",
+        "tonic each",
         "tonic balanced",
         "fyerrpc",
     ]);
@@ -111,11 +114,14 @@ fn summary(wall: &Tally<Key>, cpu: &Tally<Key>) -> String {
         t.row([
             conc.to_string(),
             cell(Target::Tonic),
+            cell(Target::TonicEach),
             cell(Target::TonicBalanced),
             cell(Target::Fyerrpc),
             ratio(f, rate(Target::Tonic)),
+            ratio(f, rate(Target::TonicEach)),
             ratio(f, rate(Target::TonicBalanced)),
             cpu_us(Target::Tonic),
+            cpu_us(Target::TonicEach),
             cpu_us(Target::TonicBalanced),
             cpu_us(Target::Fyerrpc),
         ]);

@@ -30,6 +30,10 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Target {
     /// A plain tonic `Channel` to the first server.
     Tonic,
+    /// A plain tonic `Channel` to each server, the calls spread over them
+    /// in turn by the benchmark itself (no balancer, no failover): plain
+    /// tonic doing the same three-server job.
+    TonicEach,
     /// tonic's own balanced channel (`Channel::balance_list`, tower p2c) over
     /// every server.
     TonicBalanced,
@@ -45,7 +49,12 @@ pub enum Target {
 
 impl Target {
     /// Every target, in table order.
-    pub const ALL: [Target; 3] = [Target::Tonic, Target::TonicBalanced, Target::Fyerrpc];
+    pub const ALL: [Target; 4] = [
+        Target::Tonic,
+        Target::TonicEach,
+        Target::TonicBalanced,
+        Target::Fyerrpc,
+    ];
 
     /// The targets that need a TLS cluster ([`Cluster::start_tls`]).
     pub const TLS: [Target; 2] = [Target::TonicTls, Target::FyerrpcTls];
@@ -59,6 +68,7 @@ impl Target {
     pub fn name(self) -> &'static str {
         match self {
             Target::Tonic => "tonic",
+            Target::TonicEach => "tonic_each",
             Target::TonicBalanced => "tonic_balanced",
             Target::Fyerrpc => "fyerrpc",
             Target::TonicTls => "tonic_tls",
@@ -79,6 +89,13 @@ impl fmt::Display for Target {
 pub enum Caller {
     /// Through a tonic channel (plain or balanced).
     Channel(GreetServiceClient<Channel>),
+    /// Through one plain tonic channel per server, taken in turn.
+    Each {
+        /// A client per server.
+        clients: Vec<GreetServiceClient<Channel>>,
+        /// The one the next call uses.
+        next: usize,
+    },
     /// Through the fyerrpc client.
     Fyerrpc(GreetServiceClient<Client>),
 }
@@ -132,6 +149,13 @@ impl Caller {
             Target::Tonic => {
                 Caller::Channel(GreetServiceClient::new(endpoint(first)?.connect().await?))
             }
+            Target::TonicEach => {
+                let mut clients = Vec::new();
+                for addr in cluster.addrs() {
+                    clients.push(GreetServiceClient::new(endpoint(*addr)?.connect().await?));
+                }
+                Caller::Each { clients, next: 0 }
+            }
             Target::TonicBalanced => {
                 let endpoints = cluster
                     .addrs()
@@ -168,6 +192,14 @@ impl Caller {
         let call = async {
             match self {
                 Caller::Channel(c) => c.say_hello(req).await.map(drop),
+                Caller::Each { clients, next } => {
+                    let k = *next % clients.len().max(1);
+                    *next = next.wrapping_add(1);
+                    match clients.get_mut(k) {
+                        Some(c) => c.say_hello(req).await.map(drop),
+                        None => Err(Status::internal("no server")),
+                    }
+                }
                 Caller::Fyerrpc(c) => c.say_hello(req).await.map(drop),
             }
         };
@@ -188,6 +220,10 @@ impl Caller {
         for k in 0..concurrency as u64 {
             let n = per_task + u64::from(k < extra);
             let mut caller = self.clone();
+            if let Caller::Each { next, .. } = &mut caller {
+                // Tasks start on different servers.
+                *next = k as usize;
+            }
             tasks.spawn(async move {
                 for _ in 0..n {
                     caller.say_hello().await?;

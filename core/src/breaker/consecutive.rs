@@ -1,5 +1,7 @@
 //! [`ConsecutiveFailures`]: trips after a run of failed calls.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use super::error::check_count;
 use super::state::{OpenPolicy, StateMachine, TripCondition};
 use super::{Breaker, BreakerConfigError, BreakerPolicy};
@@ -77,12 +79,31 @@ impl BreakerPolicy for ConsecutiveFailures {
     }
 }
 
-/// The trip condition of [`ConsecutiveFailures`]: a run of failures.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The trip condition of [`ConsecutiveFailures`]: a run of failures, kept
+/// in one atomic counter so that a closed breaker counts without a lock (a
+/// success while no failure is counted is a single load, no write).
+#[derive(Debug)]
 pub struct ConsecutiveCount {
     threshold: u32,
-    failures: u32,
+    failures: AtomicU32,
 }
+
+impl Clone for ConsecutiveCount {
+    fn clone(&self) -> Self {
+        Self {
+            threshold: self.threshold,
+            failures: AtomicU32::new(self.failures()),
+        }
+    }
+}
+
+impl PartialEq for ConsecutiveCount {
+    fn eq(&self, other: &Self) -> bool {
+        self.threshold == other.threshold && self.failures() == other.failures()
+    }
+}
+
+impl Eq for ConsecutiveCount {}
 
 impl ConsecutiveCount {
     /// Trips on the `threshold`-th consecutive failure (a threshold of 0
@@ -90,27 +111,36 @@ impl ConsecutiveCount {
     pub fn new(threshold: u32) -> Self {
         Self {
             threshold: threshold.max(1),
-            failures: 0,
+            failures: AtomicU32::new(0),
         }
     }
 
     /// The current run of failures.
     pub fn failures(&self) -> u32 {
-        self.failures
+        self.failures.load(Ordering::Relaxed)
     }
 }
 
 impl TripCondition for ConsecutiveCount {
-    fn on_success(&mut self) {
-        self.failures = 0;
+    fn on_success(&self) {
+        // Read first: while calls succeed the counter's cache line stays
+        // shared between cores instead of bouncing on every call.
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
     }
 
-    fn on_failure(&mut self) -> bool {
-        self.failures = self.failures.saturating_add(1);
-        self.failures >= self.threshold
+    fn on_failure(&self) -> bool {
+        let before = self
+            .failures
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_add(1))
+            })
+            .unwrap_or(u32::MAX);
+        before.saturating_add(1) >= self.threshold
     }
 
-    fn reset(&mut self) {
-        self.failures = 0;
+    fn reset(&self) {
+        self.failures.store(0, Ordering::Relaxed);
     }
 }

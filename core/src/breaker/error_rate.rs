@@ -1,6 +1,7 @@
 //! [`ErrorRate`]: trips when the share of failed calls over a sliding window
 //! is too high.
 
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -129,10 +130,10 @@ impl BreakerPolicy for ErrorRate {
 }
 
 /// The trip condition of [`ErrorRate`]: the failure ratio over a sliding
-/// window of time buckets.
-#[derive(Debug, Clone)]
+/// window of time buckets (behind its own short lock).
+#[derive(Debug)]
 pub struct WindowedErrorRate {
-    counts: RollingCounts,
+    counts: Mutex<RollingCounts>,
     min_requests: u64,
     threshold: f64,
 }
@@ -148,7 +149,10 @@ impl WindowedErrorRate {
             DEFAULT_ERROR_THRESHOLD
         };
         Self {
-            counts: RollingCounts::new(policy.window, policy.buckets.min(MAX_BUCKETS)),
+            counts: Mutex::new(RollingCounts::new(
+                policy.window,
+                policy.buckets.min(MAX_BUCKETS),
+            )),
             min_requests: u64::from(policy.min_requests.max(1)),
             threshold,
         }
@@ -156,23 +160,38 @@ impl WindowedErrorRate {
 
     /// `(requests, failures)` in the window now.
     pub fn totals(&self) -> (u64, u64) {
-        self.counts.totals(Instant::now())
+        self.counts().totals(Instant::now())
+    }
+
+    fn counts(&self) -> MutexGuard<'_, RollingCounts> {
+        self.counts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Clone for WindowedErrorRate {
+    fn clone(&self) -> Self {
+        Self {
+            counts: Mutex::new(self.counts().clone()),
+            min_requests: self.min_requests,
+            threshold: self.threshold,
+        }
     }
 }
 
 impl TripCondition for WindowedErrorRate {
-    fn on_success(&mut self) {
-        self.counts.record(Instant::now(), false);
+    fn on_success(&self) {
+        self.counts().record(Instant::now(), false);
     }
 
-    fn on_failure(&mut self) -> bool {
+    fn on_failure(&self) -> bool {
         let now = Instant::now();
-        self.counts.record(now, true);
-        let (requests, failures) = self.counts.totals(now);
+        let mut counts = self.counts();
+        counts.record(now, true);
+        let (requests, failures) = counts.totals(now);
         requests >= self.min_requests && failures as f64 >= self.threshold * requests as f64
     }
 
-    fn reset(&mut self) {
-        self.counts.clear();
+    fn reset(&self) {
+        self.counts().clear();
     }
 }

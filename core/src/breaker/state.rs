@@ -220,6 +220,14 @@ fn scale(d: Duration, factor: f64, cap: Duration) -> Duration {
 /// outcome of every call made while closed, and resets it on every state
 /// change.
 ///
+/// The methods take `&self` and are called without the breaker's lock, so
+/// that a condition can count on atomics and keep a closed breaker's hot
+/// path free of locks ([`ConsecutiveCount`](super::ConsecutiveCount) is one
+/// atomic counter); a condition with more state keeps its own lock
+/// ([`WindowedErrorRate`](super::WindowedErrorRate) does). Outcomes may
+/// arrive concurrently, and a report racing a state change may land just
+/// after a reset: a condition only has to stay consistent, not exact, then.
+///
 /// ```
 /// use fyerrpc::breaker::{Breaker, BreakerState, OpenPolicy, Permit, StateMachine, TripCondition};
 ///
@@ -228,9 +236,9 @@ fn scale(d: Duration, factor: f64, cap: Duration) -> Duration {
 /// struct AnyFailure;
 ///
 /// impl TripCondition for AnyFailure {
-///     fn on_success(&mut self) {}
-///     fn on_failure(&mut self) -> bool { true }
-///     fn reset(&mut self) {}
+///     fn on_success(&self) {}
+///     fn on_failure(&self) -> bool { true }
+///     fn reset(&self) {}
 /// }
 ///
 /// let breaker = StateMachine::new(AnyFailure, OpenPolicy::default());
@@ -239,13 +247,13 @@ fn scale(d: Duration, factor: f64, cap: Duration) -> Duration {
 /// breaker.record(Permit::Closed, false);
 /// assert_eq!(breaker.state(), BreakerState::Open);
 /// ```
-pub trait TripCondition: Send + fmt::Debug + 'static {
+pub trait TripCondition: Send + Sync + fmt::Debug + 'static {
     /// A call made while closed succeeded.
-    fn on_success(&mut self);
+    fn on_success(&self);
     /// A call made while closed failed; returns whether the breaker trips.
-    fn on_failure(&mut self) -> bool;
+    fn on_failure(&self) -> bool;
     /// Forgets everything counted so far.
-    fn reset(&mut self);
+    fn reset(&self);
 }
 
 const CLOSED: u8 = 0;
@@ -278,8 +286,7 @@ impl Phase {
 }
 
 #[derive(Debug)]
-struct Inner<T> {
-    condition: T,
+struct Inner {
     phase: Phase,
     /// The open time of the current or last open period.
     open_for: Duration,
@@ -293,10 +300,13 @@ struct Inner<T> {
 /// behaviour of an [`OpenPolicy`].
 ///
 /// The hot paths are lock-free: [`is_available`](Breaker::is_available)
-/// reads atomics only (no clock), and [`try_acquire`](Breaker::try_acquire)
-/// on a closed breaker is a single atomic load. Recording an outcome, and
-/// every state change, take a short mutex. Time is [`tokio::time::Instant`],
-/// so tests can pause and advance it.
+/// reads atomics only (no clock), [`try_acquire`](Breaker::try_acquire) on a
+/// closed breaker is a single atomic load, and recording a closed-time
+/// outcome is an atomic load plus whatever the [`TripCondition`] does (for
+/// [`ConsecutiveCount`](super::ConsecutiveCount), a success is one atomic
+/// load while no failure is counted). Half-open probes and every state
+/// change take a short mutex. Time is [`tokio::time::Instant`], so tests can
+/// pause and advance it.
 ///
 /// ```
 /// use std::time::Duration;
@@ -321,7 +331,9 @@ pub struct StateMachine<T> {
     /// Mirror of the free half-open probe slots.
     probes_free: AtomicU32,
     trips: AtomicU64,
-    inner: Mutex<Inner<T>>,
+    /// Fed without the lock (see [`TripCondition`]).
+    condition: T,
+    inner: Mutex<Inner>,
 }
 
 impl<T: TripCondition> StateMachine<T> {
@@ -334,8 +346,8 @@ impl<T: TripCondition> StateMachine<T> {
             state: AtomicU8::new(CLOSED),
             probes_free: AtomicU32::new(0),
             trips: AtomicU64::new(0),
+            condition,
             inner: Mutex::new(Inner {
-                condition,
                 phase: Phase::Closed,
                 open_for: policy.base_open,
                 closed_at: None,
@@ -356,9 +368,8 @@ impl<T: TripCondition> StateMachine<T> {
     }
 
     /// Runs `f` on the trip condition (for example to read its counts).
-    /// Holds the breaker's lock meanwhile: keep `f` short.
     pub fn with_condition<R>(&self, f: impl FnOnce(&T) -> R) -> R {
-        f(&self.lock().condition)
+        f(&self.condition)
     }
 
     /// `(granted, successes, failures)` of the half-open period, if any.
@@ -375,7 +386,7 @@ impl<T: TripCondition> StateMachine<T> {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner<T>> {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -395,7 +406,7 @@ impl<T: TripCondition> StateMachine<T> {
     }
 
     /// Moves to `to`, publishing it, and returns the transition.
-    fn enter(&self, inner: &mut Inner<T>, to: Phase) -> Option<Transition> {
+    fn enter(&self, inner: &mut Inner, to: Phase) -> Option<Transition> {
         let from = inner.phase.state();
         inner.phase = to;
         self.publish(to);
@@ -407,7 +418,7 @@ impl<T: TripCondition> StateMachine<T> {
 
     /// Opens the breaker at `now`, from closed (a trip) or half-open (failed
     /// probes), growing the open time as the policy says.
-    fn open(&self, inner: &mut Inner<T>, now: Instant) -> Option<Transition> {
+    fn open(&self, inner: &mut Inner, now: Instant) -> Option<Transition> {
         let p = &self.policy;
         inner.open_for = match inner.phase {
             Phase::HalfOpen { .. } => {
@@ -421,27 +432,27 @@ impl<T: TripCondition> StateMachine<T> {
         let until = now
             .checked_add(inner.open_for)
             .unwrap_or_else(|| far_future(now));
-        inner.condition.reset();
+        self.condition.reset();
         self.trips.fetch_add(1, Ordering::Relaxed);
         self.enter(inner, Phase::Open { until })
     }
 
     /// Whether a closed breaker is still on probation: it closed less than
     /// its last open time ago.
-    fn on_probation(&self, inner: &Inner<T>, now: Instant) -> bool {
+    fn on_probation(&self, inner: &Inner, now: Instant) -> bool {
         inner
             .closed_at
             .is_some_and(|at| now.saturating_duration_since(at) < inner.open_for)
     }
 
-    fn close(&self, inner: &mut Inner<T>, now: Instant) -> Option<Transition> {
+    fn close(&self, inner: &mut Inner, now: Instant) -> Option<Transition> {
         inner.closed_at = Some(now);
-        inner.condition.reset();
+        self.condition.reset();
         self.enter(inner, Phase::Closed)
     }
 
     /// Counts one half-open probe outcome and applies the verdict, if any.
-    fn record_probe(&self, inner: &mut Inner<T>, period: u32, success: bool) -> Option<Transition> {
+    fn record_probe(&self, inner: &mut Inner, period: u32, success: bool) -> Option<Transition> {
         let Phase::HalfOpen {
             period: current,
             granted,
@@ -474,12 +485,24 @@ impl<T: TripCondition> StateMachine<T> {
         }
     }
 
-    fn record_closed(&self, inner: &mut Inner<T>, success: bool) -> Option<Transition> {
+    /// Counts an outcome of a call admitted while closed. Takes the lock
+    /// only when the condition says to trip.
+    fn record_closed(&self, success: bool) -> Option<Transition> {
+        if self.state.load(Ordering::Acquire) != CLOSED {
+            // A late report: the call was admitted before a trip.
+            return None;
+        }
         if success {
-            inner.condition.on_success();
-            None
-        } else if inner.condition.on_failure() {
-            self.open(inner, Instant::now())
+            self.condition.on_success();
+            return None;
+        }
+        if !self.condition.on_failure() {
+            return None;
+        }
+        let mut inner = self.lock();
+        // Another report may have tripped the breaker meanwhile.
+        if inner.phase == Phase::Closed {
+            self.open(&mut inner, Instant::now())
         } else {
             None
         }
@@ -495,7 +518,7 @@ fn far_future(now: Instant) -> Instant {
 
 impl<T: TripCondition> StateMachine<T> {
     /// Moves an open phase whose time has passed to half-open.
-    fn expire_locked(&self, inner: &mut Inner<T>, now: Instant) -> Option<Transition> {
+    fn expire_locked(&self, inner: &mut Inner, now: Instant) -> Option<Transition> {
         match inner.phase {
             Phase::Open { until } if now >= until => {
                 inner.period = inner.period.wrapping_add(1);
@@ -558,15 +581,16 @@ impl<T: TripCondition> Breaker for StateMachine<T> {
     }
 
     fn record(&self, permit: Permit, success: bool) -> Option<Transition> {
-        let mut inner = self.lock();
-        match (permit, inner.phase) {
-            (Permit::Closed, Phase::Closed) => self.record_closed(&mut inner, success),
-            (Permit::Probe { period }, Phase::HalfOpen { .. }) => {
-                self.record_probe(&mut inner, period, success)
+        match permit {
+            Permit::Closed => self.record_closed(success),
+            Permit::Probe { period } => {
+                let mut inner = self.lock();
+                match inner.phase {
+                    Phase::HalfOpen { .. } => self.record_probe(&mut inner, period, success),
+                    // A probe of an earlier period.
+                    _ => None,
+                }
             }
-            // A late report: a call admitted before a trip, or a probe of
-            // an earlier period.
-            _ => None,
         }
     }
 

@@ -26,8 +26,11 @@ impl Replay {
     /// Buffers what the body has ready now, up to `limit` bytes. A body that
     /// is not complete right away (a client stream) or is larger than `limit`
     /// is passed through once, with what was read put back in front.
+    ///
+    /// A body of one data frame (a unary request as tonic encodes it) is
+    /// kept as that frame's bytes, not copied.
     pub(crate) fn prepare(mut body: Body, limit: usize) -> Result<Self, Status> {
-        let mut buf = BytesMut::new();
+        let mut buf = Gathered::default();
         loop {
             if body.is_end_stream() {
                 return Ok(Self::Buffered(buf.freeze()));
@@ -38,7 +41,7 @@ impl Replay {
                 Some(Some(Err(status))) => return Err(status),
                 Some(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
-                        buf.extend_from_slice(&data);
+                        buf.push(data);
                         if buf.len() > limit {
                             return Ok(Self::once(buf.freeze(), body));
                         }
@@ -82,8 +85,75 @@ impl Replay {
     pub(crate) fn next_body(&mut self) -> Option<Body> {
         match self {
             Self::Buffered(bytes) if bytes.is_empty() => Some(Body::empty()),
-            Self::Buffered(bytes) => Some(Body::new(http_body_util::Full::new(bytes.clone()))),
+            Self::Buffered(bytes) => Some(Body::new(Resent(Some(bytes.clone())))),
             Self::Once(body) => body.take(),
+        }
+    }
+}
+
+/// A buffered request body sent again: its bytes as one data frame.
+///
+/// Its size hint is left open, as tonic's own request bodies leave it:
+/// with an exact size, hyper would add a `content-length` header to every
+/// request (an allocation on each side, and a header tonic does not send).
+struct Resent(Option<Bytes>);
+
+impl HttpBody for Resent {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        Poll::Ready(self.0.take().map(|b| Ok(Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+/// Data frames read so far: the first one as it came, copied together only
+/// when a second one follows.
+#[derive(Debug, Default)]
+enum Gathered {
+    #[default]
+    Nothing,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Gathered {
+    fn push(&mut self, data: Bytes) {
+        *self = match std::mem::take(self) {
+            Self::Nothing => Self::One(data),
+            Self::One(first) => {
+                let mut buf = BytesMut::with_capacity(first.len() + data.len());
+                buf.extend_from_slice(&first);
+                buf.extend_from_slice(&data);
+                Self::Many(buf)
+            }
+            Self::Many(mut buf) => {
+                buf.extend_from_slice(&data);
+                Self::Many(buf)
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Nothing => 0,
+            Self::One(b) => b.len(),
+            Self::Many(b) => b.len(),
+        }
+    }
+
+    fn freeze(self) -> Bytes {
+        match self {
+            Self::Nothing => Bytes::new(),
+            Self::One(b) => b,
+            Self::Many(b) => b.freeze(),
         }
     }
 }
@@ -216,6 +286,41 @@ mod tests {
             let b = r.next_body().unwrap().collect().await.unwrap().to_bytes();
             assert_eq!(&b[..], b"hello");
         }
+    }
+
+    #[tokio::test]
+    async fn one_frame_is_kept_without_a_copy_and_frames_are_joined() {
+        let data = Bytes::from(vec![1u8, 2, 3]);
+        let body = Body::new(http_body_util::Full::new(data.clone()));
+        let Replay::Buffered(kept) = Replay::prepare(body, 1024).unwrap() else {
+            panic!("a small complete body is buffered");
+        };
+        assert_eq!(kept.as_ptr(), data.as_ptr(), "the same bytes, not a copy");
+
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Status>>(2);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"ab"))))
+            .await
+            .unwrap();
+        tx.send(Ok(Frame::data(Bytes::from_static(b"cd"))))
+            .await
+            .unwrap();
+        drop(tx);
+        let body = Body::new(http_body_util::StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ));
+        let mut r = Replay::prepare(body, 1024).unwrap();
+        assert!(r.can_replay());
+        let b = r.next_body().unwrap().collect().await.unwrap().to_bytes();
+        assert_eq!(&b[..], b"abcd");
+    }
+
+    #[tokio::test]
+    async fn resent_bodies_announce_no_length() {
+        let body = Body::new(http_body_util::Full::new(Bytes::from_static(b"hello")));
+        let mut r = Replay::prepare(body, 1024).unwrap();
+        let b = r.next_body().unwrap();
+        assert_eq!(b.size_hint().exact(), None, "no content-length added");
+        assert_eq!(&b.collect().await.unwrap().to_bytes()[..], b"hello");
     }
 
     #[tokio::test]

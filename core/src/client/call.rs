@@ -17,6 +17,7 @@
 //!                                                      (tried endpoints allowed)
 //! ```
 
+use std::cell::RefCell;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,7 @@ use tower::ServiceExt;
 use super::body::{BodyEnd, Observed, Replay};
 use super::eligibility::Panic;
 use super::endpoint::{Endpoint, EndpointCore};
+use super::handles::MethodEntry;
 use super::snapshot::Snapshot;
 use super::Shared;
 use crate::balance::{Feedback, PickContext, Picker};
@@ -65,7 +67,8 @@ impl Tried {
 
 /// The per-call facts every attempt needs.
 struct CallCtx {
-    method: String,
+    /// The interned method (its path, idempotence and metric handles).
+    method: Arc<MethodEntry>,
     hash: Option<u64>,
     /// When the call must end (`None`: no deadline).
     deadline: Option<Instant>,
@@ -79,8 +82,7 @@ struct CallCtx {
 struct LastFailure {
     outcome: Outcome,
     response: Option<Response<Body>>,
-    id: String,
-    address: String,
+    core: Arc<EndpointCore>,
 }
 
 impl LastFailure {
@@ -88,7 +90,7 @@ impl LastFailure {
         self.response.unwrap_or_else(|| {
             Status::new(
                 self.outcome.code(),
-                failure_message(self.outcome, &self.id, &self.address),
+                failure_message(self.outcome, &self.core.id, &self.core.address),
             )
             .into_http()
         })
@@ -133,7 +135,10 @@ pub(crate) async fn call(
     ClientCounters::incr(&shared.counters.requests);
     shared.budget.deposit();
     let (parts, body) = req.into_parts();
-    let method = parts.uri.path().to_owned();
+    let failover = &shared.config.failover;
+    let method = shared
+        .method_metrics
+        .entry(parts.uri.path(), |path| failover.is_idempotent(path));
     let caller = parts
         .headers
         .get("grpc-timeout")
@@ -149,7 +154,7 @@ pub(crate) async fn call(
         .get(&shared.config.hash_header)
         .map(|v| crate::balance::hash_key(v.as_bytes()));
     let ctx = CallCtx {
-        idempotent: shared.config.failover.is_idempotent(&method),
+        idempotent: method.idempotent(),
         wait_for_ready: shared.config.wait_for_ready
             || parts.extensions.get::<WaitForReady>().is_some(),
         method,
@@ -171,6 +176,10 @@ pub(crate) async fn call(
     let mut transparent = 0usize;
     // After a backoff, a retry may go back to an endpoint already tried.
     let mut allow_tried = false;
+    // The request head: the original goes out with the first attempt; a
+    // copy is kept for the attempts that may follow it.
+    let mut first_head = Some(parts);
+    let mut kept: Option<KeptHead> = None;
     loop {
         let snap = shared.snapshot.load_full();
         let picked = match acquire(&shared, &snap, &ctx, &tried, prev.as_ref(), allow_tried) {
@@ -219,13 +228,40 @@ pub(crate) async fn call(
             };
             return Ok(finish_call(&shared, &ctx, resp));
         };
-        let req = attempt_request(&parts, body, attempt_timeout);
-        let (outcome, resp) =
-            send(&shared, &ctx, &picked, &snap.picker, req, attempt_timeout).await;
+        let req = match first_head.take() {
+            Some(parts) => {
+                // Another attempt may follow the first: a counted retry, or
+                // a transparent one to an endpoint not tried yet. Only then
+                // is a copy of the head kept.
+                let n = snap.endpoints.len();
+                let may_follow = replay.can_replay() && (max_attempts > 1 || n > 1);
+                if may_follow {
+                    kept = Some(KeptHead::keep(&parts));
+                }
+                let mut req = Request::from_parts(parts, body);
+                set_timeout(&mut req, attempt_timeout);
+                req
+            }
+            None => match &kept {
+                Some(head) => head.request(body, attempt_timeout),
+                None => {
+                    // Unreachable: no attempt follows one that kept no head.
+                    release(&ep.core, picked.permit);
+                    let resp = match last {
+                        Some(last) => last.into_response(),
+                        None => Status::internal("request head already sent").into_http(),
+                    };
+                    return Ok(finish_call(&shared, &ctx, resp));
+                }
+            },
+        };
+        let (outcome, resp, t0) = send(&shared, &picked, &snap.picker, req, attempt_timeout).await;
         let Some(outcome) = outcome else {
             // A response whose status comes in trailers: return it, observed.
-            let resp = resp.unwrap_or_else(|| Status::internal("missing response").into_http());
-            return Ok(resp);
+            return Ok(match resp {
+                Some(resp) => observe(shared, ctx, picked, &snap.picker, resp, t0),
+                None => Status::internal("missing response").into_http(),
+            });
         };
         if outcome.is_success() {
             let resp = resp.unwrap_or_else(|| Status::internal("missing response").into_http());
@@ -235,39 +271,37 @@ pub(crate) async fn call(
         let failure = LastFailure {
             outcome,
             response: resp,
-            id: core.id.clone(),
-            address: core.address.clone(),
+            core: Arc::clone(&core),
         };
         tried.0.push(Arc::clone(&core));
         prev = Some(core);
+        let can_replay = replay.can_replay() && kept.is_some();
 
         // Transparent retry: the request never reached a server, and
         // another instance can take it now.
         if outcome.never_processed()
-            && replay.can_replay()
+            && can_replay
             && transparent < snap.endpoints.len()
             && has_untried_eligible(&shared, &shared.snapshot.load(), &tried)
         {
             transparent += 1;
             ClientCounters::incr(&shared.counters.transparent_retries);
-            metrics::counter!(m::CLIENT_TRANSPARENT_RETRIES, "service" => shared.service.to_string())
-                .increment(1);
+            shared.method_metrics.transparent_retry();
             last = Some(failure);
             allow_tried = false;
             continue;
         }
 
         counted += 1;
-        let retry =
-            counted < max_attempts && replay.can_replay() && is_retryable(&shared, &ctx, outcome);
+        let retry = counted < max_attempts && can_replay && is_retryable(&shared, &ctx, outcome);
         if !retry {
             return Ok(finish_call(&shared, &ctx, failure.into_response()));
         }
         if !shared.budget.withdraw() {
             ClientCounters::incr(&shared.counters.budget_exhausted);
-            metrics::counter!(m::CLIENT_BUDGET_EXHAUSTED, "service" => shared.service.to_string())
-                .increment(1);
-            tracing::debug!(service = %shared.service, method = %ctx.method, "retry budget spent");
+            shared.method_metrics.budget_exhausted();
+            tracing::debug!(service = %shared.service, method = %ctx.method.path(),
+                "retry budget spent");
             return Ok(finish_call(&shared, &ctx, failure.into_response()));
         }
         last = Some(failure);
@@ -291,7 +325,11 @@ pub(crate) async fn call(
 fn is_retryable(shared: &Shared, ctx: &CallCtx, outcome: Outcome) -> bool {
     match outcome {
         Outcome::Unreachable | Outcome::NotSent => true,
-        Outcome::Status(code) => shared.config.failover.may_retry_code(&ctx.method, code),
+        Outcome::Status(code) => {
+            let failover = &shared.config.failover;
+            failover.is_retryable_code(code)
+                || (ctx.idempotent && failover.idempotent_codes.contains(&code))
+        }
         Outcome::TransportError | Outcome::TimedOut => ctx.idempotent,
     }
 }
@@ -435,8 +473,7 @@ fn pick_pass(
         if let Some(found) = pick_available(shared, snap, ctx, prev, first, panic, &eligible) {
             if panic != Panic::Off {
                 ClientCounters::incr(&shared.counters.panic_picks);
-                metrics::counter!(m::CLIENT_PANIC_PICKS, "service" => shared.service.to_string())
-                    .increment(1);
+                shared.method_metrics.panic_pick();
             }
             return Some(found);
         }
@@ -457,7 +494,7 @@ fn pick_available(
     for _ in 0..snap.endpoints.len() {
         let pick = if first {
             let pctx = PickContext {
-                method: &ctx.method,
+                method: ctx.method.path(),
                 hash: ctx.hash,
                 attempt: 0,
                 eligible,
@@ -519,36 +556,161 @@ fn pick_retry(
 /// The `grpc-timeout` header name, parsed once.
 static GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
 
-fn attempt_request(
-    parts: &http::request::Parts,
-    body: Body,
-    timeout: Option<Duration>,
-) -> Request<Body> {
-    let mut req = Request::new(body);
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = parts.uri.clone();
-    *req.version_mut() = parts.version;
-    *req.headers_mut() = parts.headers.clone();
-    *req.extensions_mut() = parts.extensions.clone();
-    if let Some(timeout) = timeout {
-        if let Ok(v) = HeaderValue::from_str(&classify::format_grpc_timeout(timeout)) {
-            req.headers_mut().insert(GRPC_TIMEOUT.clone(), v);
+/// Headers kept inline, without allocating, when a request has no more.
+const INLINE_HEADERS: usize = 8;
+
+/// A copy of the request head for the attempts after the first, kept
+/// without allocating when the request has at most [`INLINE_HEADERS`]
+/// header values (tonic's own are two or three), and turned into a request
+/// only when a retry is actually sent.
+///
+/// The copy has no extensions. Request extensions never reach the wire and
+/// nothing below the client reads them: the instance's channel is the
+/// client's own, and of its layers only hyper looks at an extension,
+/// `Protocol`, for extended `CONNECT`, which gRPC does not use. Copying them
+/// (tonic-generated clients always add `GrpcMethod`) would cost three
+/// allocations per call for nothing, so only the first attempt carries them.
+struct KeptHead {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: KeptHeaders,
+}
+
+// Large on purpose: the inline copy lives in the call's future (allocated
+// once per call anyway) so that keeping it allocates nothing.
+#[allow(clippy::large_enum_variant)]
+enum KeptHeaders {
+    Inline([Option<(http::HeaderName, HeaderValue)>; INLINE_HEADERS]),
+    Map(http::HeaderMap),
+}
+
+impl KeptHead {
+    fn keep(parts: &http::request::Parts) -> Self {
+        let headers = if parts.headers.len() <= INLINE_HEADERS {
+            let mut inline: [Option<(http::HeaderName, HeaderValue)>; INLINE_HEADERS] =
+                std::array::from_fn(|_| None);
+            for (slot, (name, value)) in inline.iter_mut().zip(parts.headers.iter()) {
+                *slot = Some((name.clone(), value.clone()));
+            }
+            KeptHeaders::Inline(inline)
+        } else {
+            KeptHeaders::Map(parts.headers.clone())
+        };
+        Self {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers,
         }
     }
-    req
+
+    /// The request of a later attempt.
+    fn request(&self, body: Body, timeout: Option<Duration>) -> Request<Body> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = match &self.headers {
+            KeptHeaders::Map(map) => map.clone(),
+            KeptHeaders::Inline(inline) => {
+                let mut map = http::HeaderMap::with_capacity(INLINE_HEADERS);
+                // Values of one name come together and in order, so
+                // appending them rebuilds the same map.
+                for (name, value) in inline.iter().flatten() {
+                    map.append(name.clone(), value.clone());
+                }
+                map
+            }
+        };
+        set_timeout(&mut req, timeout);
+        req
+    }
+}
+
+fn set_timeout(req: &mut Request<Body>, timeout: Option<Duration>) {
+    if let Some(v) = timeout.and_then(grpc_timeout_value) {
+        req.headers_mut().insert(GRPC_TIMEOUT.clone(), v);
+    }
+}
+
+/// A duration as `grpc-timeout` digits and unit: the coarsest unit that
+/// keeps at least three digits (rounding down), as
+/// [`classify::format_grpc_timeout`] writes it.
+fn grpc_timeout_parts(d: Duration) -> (u64, u8) {
+    const UNITS: [(u8, u128); 5] = [
+        (b'H', 3_600_000_000_000),
+        (b'M', 60_000_000_000),
+        (b'S', 1_000_000_000),
+        (b'm', 1_000_000),
+        (b'u', 1_000),
+    ];
+    let nanos = d.as_nanos();
+    for (unit, per) in UNITS {
+        let v = nanos / per;
+        if (100..=99_999_999).contains(&v) {
+            return (u64::try_from(v).unwrap_or(99_999_999), unit);
+        }
+    }
+    (u64::try_from(nanos.clamp(1, 99_999_999)).unwrap_or(1), b'n')
+}
+
+thread_local! {
+    /// The last `grpc-timeout` value made on this thread: the values are
+    /// coarse, so calls close in time reuse it (a clone shares its bytes).
+    static LAST_TIMEOUT: RefCell<Option<(u64, u8, HeaderValue)>> = const { RefCell::new(None) };
+}
+
+/// The `grpc-timeout` header value of `d`, written without formatting
+/// machinery (and reused from the last call on this thread when equal).
+fn grpc_timeout_value(d: Duration) -> Option<HeaderValue> {
+    let (v, unit) = grpc_timeout_parts(d);
+    let cached = LAST_TIMEOUT
+        .try_with(|last| match &*last.borrow() {
+            Some((lv, lu, value)) if (*lv, *lu) == (v, unit) => Some(value.clone()),
+            _ => None,
+        })
+        .ok()
+        .flatten();
+    if cached.is_some() {
+        return cached;
+    }
+    // At most 8 digits and the unit.
+    let mut buf = [0u8; 9];
+    let mut digits = [0u8; 8];
+    let mut n = 0;
+    let mut rest = v;
+    loop {
+        digits[n] = b'0' + (rest % 10) as u8;
+        n += 1;
+        rest /= 10;
+        if rest == 0 || n == digits.len() {
+            break;
+        }
+    }
+    for (i, d) in digits[..n].iter().rev().enumerate() {
+        buf[i] = *d;
+    }
+    buf[n] = unit;
+    let value = HeaderValue::from_bytes(&buf[..=n]).ok()?;
+    let _ = LAST_TIMEOUT.try_with(|last| {
+        if let Ok(mut last) = last.try_borrow_mut() {
+            *last = Some((v, unit, value.clone()));
+        }
+    });
+    Some(value)
 }
 
 /// Sends one attempt. Returns the outcome when it is known from the headers
-/// (with the response, if any); `None` with an observed response when the
-/// status will come in trailers.
+/// (with the response, if any, recorded); `None` with the response when the
+/// status will come in trailers (the caller observes it).
 async fn send(
     shared: &Arc<Shared>,
-    ctx: &CallCtx,
     picked: &Picked,
     picker: &Arc<dyn Picker>,
     req: Request<Body>,
     timeout: Option<Duration>,
-) -> (Option<Outcome>, Option<Response<Body>>) {
+) -> (Option<Outcome>, Option<Response<Body>>, Instant) {
     let core = &picked.endpoint.core;
     core.load.start();
     core.counters.attempts.fetch_add(1, Ordering::Relaxed);
@@ -582,12 +744,12 @@ async fn send(
             Some(code) => (Outcome::Status(code), Some(resp)),
             None => {
                 shared.mark_reachable(core);
-                return (None, Some(observe(shared, ctx, picked, picker, resp, t0)));
+                return (None, Some(resp), t0);
             }
         },
     };
     record_attempt(shared, core, picked, picker, outcome, t0.elapsed());
-    (Some(outcome), resp)
+    (Some(outcome), resp, t0)
 }
 
 /// Undoes an attempt's start when the caller drops the call mid-attempt:
@@ -613,19 +775,19 @@ impl Drop for Cancelled<'_> {
 /// call. It keeps only its own endpoint (and the picker for feedback) alive,
 /// not the snapshot.
 fn observe(
-    shared: &Arc<Shared>,
-    ctx: &CallCtx,
-    picked: &Picked,
+    shared: Arc<Shared>,
+    ctx: CallCtx,
+    picked: Picked,
     picker: &Arc<dyn Picker>,
     resp: Response<Body>,
     t0: Instant,
 ) -> Response<Body> {
-    let shared = Arc::clone(shared);
     let picker = Arc::clone(picker);
-    let core = Arc::clone(&picked.endpoint.core);
     let (index, permit) = (picked.index, picked.permit);
-    let method = ctx.method.clone();
-    let started = ctx.started;
+    let core = picked.endpoint.core;
+    let CallCtx {
+        method, started, ..
+    } = ctx;
     resp.map(move |body| {
         Body::new(Observed::new(body, move |end| {
             let latency = t0.elapsed();
@@ -734,13 +896,13 @@ fn record_outcome(
 
 fn note_retry(shared: &Shared, ctx: &CallCtx, prev: Option<&Arc<EndpointCore>>, ep: &Endpoint) {
     ClientCounters::incr(&shared.counters.retries);
-    shared.method_metrics.retry(&ctx.method);
+    ctx.method.retry();
     if let Some(prev) = prev.filter(|p| !Arc::ptr_eq(p, &ep.core)) {
         ClientCounters::incr(&shared.counters.failovers);
         metrics::counter!(m::CLIENT_FAILOVERS, "service" => shared.service.to_string(),
             "from_instance" => prev.label.to_string(), "to_instance" => ep.core.label.to_string())
         .increment(1);
-        tracing::debug!(service = %shared.service, method = %ctx.method,
+        tracing::debug!(service = %shared.service, method = %ctx.method.path(),
             from = %prev.id, to = %ep.core.id, "failing over");
     }
 }
@@ -752,7 +914,7 @@ fn finish_call(shared: &Shared, ctx: &CallCtx, resp: Response<Body>) -> Response
     resp
 }
 
-fn record_call(shared: &Shared, method: &str, started: Instant, code: Code) {
+fn record_call(shared: &Shared, method: &MethodEntry, started: Instant, code: Code) {
     let elapsed = started.elapsed();
     let c = &shared.counters;
     ClientCounters::incr(if code == Code::Ok {
@@ -761,7 +923,60 @@ fn record_call(shared: &Shared, method: &str, started: Instant, code: Code) {
         &c.failures
     });
     c.latency.record(elapsed);
-    shared
-        .method_metrics
-        .call(method, code, elapsed.as_secs_f64());
+    method.call(code, elapsed.as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_head_rebuilds_the_same_request_head() {
+        for extra in [2usize, 20] {
+            let mut req = Request::builder()
+                .method("POST")
+                .uri("http://a.example/pkg.S/M")
+                .header("te", "trailers")
+                .header("x-multi", "one")
+                .header("x-multi", "two");
+            for i in 0..extra {
+                req = req.header(format!("x-h{i}"), i.to_string());
+            }
+            let req = req
+                .extension(WaitForReady)
+                .body(())
+                .expect("a valid request");
+            let (parts, ()) = req.into_parts();
+            let kept = KeptHead::keep(&parts);
+            assert_eq!(
+                matches!(kept.headers, KeptHeaders::Inline(_)),
+                parts.headers.len() <= INLINE_HEADERS
+            );
+            let again = kept.request(Body::empty(), Some(Duration::from_secs(2)));
+            assert_eq!(again.method(), parts.method);
+            assert_eq!(again.uri(), &parts.uri);
+            let multi: Vec<_> = again.headers().get_all("x-multi").iter().collect();
+            assert_eq!(multi, ["one", "two"]);
+            let mut expected = parts.headers.clone();
+            expected.insert("grpc-timeout", HeaderValue::from_static("2000m"));
+            assert_eq!(again.headers(), &expected);
+            assert!(again.extensions().get::<WaitForReady>().is_none());
+        }
+    }
+
+    #[test]
+    fn timeout_values_match_the_formatter() {
+        let mut nanos = 1u64;
+        while nanos < 400_000_000_000_000 {
+            for d in [nanos, nanos + 7, nanos * 3 / 2] {
+                let d = Duration::from_nanos(d);
+                let v = grpc_timeout_value(d).expect("a valid header value");
+                assert_eq!(v.to_str().ok(), Some(&*classify::format_grpc_timeout(d)));
+                // Again, from the cache.
+                let again = grpc_timeout_value(d).expect("a valid header value");
+                assert_eq!(again, v);
+            }
+            nanos = nanos * 10 + 3;
+        }
+    }
 }
