@@ -577,6 +577,18 @@ mod tests {
     }
 
     #[test]
+    fn an_unwritable_chart_path_is_a_typed_error() {
+        let dir = std::env::temp_dir().join("fyerrpc-compare-missing-dir");
+        let path = dir.join("nested").join("chart.svg");
+        match comparison().write_svg(&path) {
+            Err(e @ PlotError::Write { .. }) => {
+                assert!(e.to_string().contains("chart.svg"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn a_run_without_calls_draws_an_empty_chart() {
         let c = Comparison::new(
             Duration::from_secs(1),
