@@ -4,7 +4,7 @@
 //! shared directory) register by writing to it, clients read it and follow
 //! its changes. No registry server to run, so it suits local development,
 //! tests and small fixed deployments, and it is short enough to read as an
-//! example of a backend (see fyerrpc's guide, `fyerrpc::registry::guide`).
+//! example of a backend (see [fyerrpc's guide](fyerrpc::registry::guide)).
 //!
 //! ```
 //! use futures_util::StreamExt;
