@@ -65,7 +65,7 @@ pub(crate) fn watch(
         let _watcher = watcher; // dropped with the task: stops watching
         let mut last_set: Option<Vec<Instance>> = None;
         let mut last_error: Option<String> = None;
-        let mut next_expiry: Option<SystemTime> = None;
+        let mut next_expiry: Option<SystemTime>;
         loop {
             let read = {
                 let (path, service, version) =
@@ -93,7 +93,10 @@ pub(crate) fn watch(
                     }
                 }
                 Err(error) => {
-                    // Keep the last good set; say what is wrong once.
+                    // Keep the last good set (its expiries included: nothing
+                    // to wake for until the file changes); say what is wrong
+                    // once.
+                    next_expiry = None;
                     let message = error.to_string();
                     if last_error.as_ref() != Some(&message) {
                         tracing::warn!(file = %path.display(), %error, "cannot read the registry file; keeping the last instance set");

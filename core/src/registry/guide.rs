@@ -151,7 +151,7 @@
 //!
 //! ## Helpers to reuse
 //!
-//! * [`RegisterOptions`]: [`checked_ttl`](super::RegisterOptions::checked_ttl)
+//! * [`RegisterOptions`], with [`checked_ttl`](super::RegisterOptions::checked_ttl)
 //!   (the TTL check every backend must make),
 //!   [`keepalive_period`](super::RegisterOptions::keepalive_period) (TTL/3), and
 //!   `health_url` for stores that can poll an HTTP check themselves.
