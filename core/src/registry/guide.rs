@@ -13,7 +13,7 @@
 //!
 //! Two backends in this workspace are worth reading next to this guide:
 //! `fyerrpc-registry-file` (`registry-file/`, a JSON file watched with
-//! `notify`, about 600 lines with its docs) is the small one; `registry-etcd/`
+//! `notify`, about 900 lines with docs and unit tests) is the small one; `registry-etcd/`
 //! shows what a networked backend adds (reconnecting, hedged requests, lost
 //! leases).
 //!
@@ -29,8 +29,9 @@
 //!    (a lease, a TTL check, an expiry time stored with it). An entry for the
 //!    same service, version and id is **replaced**: the newer registration
 //!    wins, whichever process made it.
-//! 3. Return only once the entry is visible (a `discover` right after
-//!    `register` returns lists it), with a handle built by
+//! 3. Return once the store has accepted the entry (it must then show in
+//!    `discover` and in watches within moments: the suite allows its
+//!    `settle` time, 5 s by default), with a handle built by
 //!    [`Registration::spawn`] around a *keeper* task; see below.
 //!
 //! A failure to reach the store is [`RegistryError::Unavailable`]: callers
