@@ -27,6 +27,9 @@
 //! A backend implements [`Registry`]; [`Registration`] is the handle that keeps
 //! one registration alive (lease keep-alive, TTL check) until
 //! [`Registration::shutdown`] deregisters it.
+//!
+//! To write one for another store, read [the guide](guide): what each method
+//! must do, the helpers to reuse, and how to run the conformance suite.
 
 mod background;
 mod backoff;
@@ -35,6 +38,7 @@ mod registration;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
+pub mod guide;
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -191,7 +195,8 @@ impl RegisterOptions {
     }
 }
 
-/// A service registry: etcd, Consul, a static list, or your own.
+/// A service registry: etcd, Consul, a static list, a file, or your own
+/// ([how to write one](guide)).
 ///
 /// # The life of a registration
 ///
