@@ -158,7 +158,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use etcd_client::{Client, GetOptions};
 use fyerrpc::instance::{instance_key, service_prefix};
-use fyerrpc::registry::{channel_stream, RegisterOptions, Registration, WatchStream};
+use fyerrpc::registry::{
+    channel_stream, ChangeStream, RegisterOptions, Registration, SharedWatches, WatchStream,
+};
 use fyerrpc::{Instance, Registry, RegistryError};
 
 pub use config::{
@@ -172,7 +174,7 @@ pub use etcd_client;
 use crate::hooks::Probe;
 use crate::keeper::Keeper;
 use crate::members::{Members, Patience};
-use crate::watcher::Watcher;
+use crate::watcher::{Sink, Watcher};
 
 /// A [`Registry`] on etcd. See the [crate docs](crate).
 ///
@@ -184,6 +186,8 @@ pub struct EtcdRegistry {
     prefix: Arc<str>,
     timeout: Duration,
     probe: Probe,
+    /// One etcd watch per (service, version), shared by the clones.
+    watches: SharedWatches,
 }
 
 impl std::fmt::Debug for EtcdRegistry {
@@ -230,6 +234,7 @@ impl EtcdRegistry {
             prefix,
             timeout,
             probe: Probe::default(),
+            watches: SharedWatches::new(),
         })
     }
 
@@ -244,6 +249,19 @@ impl EtcdRegistry {
     /// The key prefix.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// How many etcd watches [`Registry::watch_changes`] keeps open now:
+    /// one per watched (service, version), however many clients (of this
+    /// handle and its clones) follow it.
+    pub fn watch_count(&self) -> usize {
+        self.watches.upstream_count()
+    }
+
+    /// How many [`Registry::watch_changes`] streams of this handle and its
+    /// clones are open now.
+    pub fn watcher_count(&self) -> usize {
+        self.watches.subscriber_count()
     }
 
     /// This registry as a shared trait object.
@@ -318,6 +336,25 @@ impl Registry for EtcdRegistry {
     ) -> Result<WatchStream, RegistryError> {
         let watcher = self.watcher(service, version);
         let first = watcher.read().await?;
-        Ok(channel_stream(move |tx| watcher.run(first, tx)))
+        Ok(channel_stream(move |tx| watcher.run(first, Sink::Sets(tx))))
+    }
+
+    async fn watch_changes(
+        &self,
+        service: &str,
+        version: Option<&str>,
+    ) -> Result<ChangeStream, RegistryError> {
+        let watcher = self.watcher(service, version);
+        self.watches
+            .subscribe(service, version, move || async move {
+                let first = watcher.read().await?;
+                let (tx, rx) = tokio::sync::mpsc::channel(16);
+                tokio::spawn(watcher.run(first, Sink::Changes(tx)));
+                let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|item| (item, rx))
+                });
+                Ok(Box::pin(stream) as ChangeStream)
+            })
+            .await
     }
 }
