@@ -489,3 +489,241 @@ impl Subscriber {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    fn inst(id: &str, port: u16) -> Instance {
+        Instance::new(id, "S", format!("127.0.0.1:{port}")).unwrap()
+    }
+
+    /// An upstream fed by hand; `ended` turns true when it is dropped.
+    struct Upstream {
+        tx: mpsc::UnboundedSender<Result<WatchEvent, RegistryError>>,
+        ended: Arc<AtomicBool>,
+    }
+
+    struct Feed {
+        rx: mpsc::UnboundedReceiver<Result<WatchEvent, RegistryError>>,
+        ended: Arc<AtomicBool>,
+    }
+
+    impl Drop for Feed {
+        fn drop(&mut self) {
+            self.ended.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// A start function handing out an upstream whose first item is `first`.
+    fn upstream(
+        first: Vec<Instance>,
+    ) -> (
+        Upstream,
+        impl FnOnce() -> std::future::Ready<Result<ChangeStream, RegistryError>>,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send(Ok(WatchEvent::Full(first))).unwrap();
+        let ended = Arc::new(AtomicBool::new(false));
+        let feed = Feed {
+            rx,
+            ended: Arc::clone(&ended),
+        };
+        let start = move || {
+            let stream = futures_util::stream::unfold(feed, |mut feed| async move {
+                let item = feed.rx.recv().await?;
+                Some((item, feed))
+            });
+            std::future::ready(Ok(Box::pin(stream) as ChangeStream))
+        };
+        (Upstream { tx, ended }, start)
+    }
+
+    fn never() -> std::future::Ready<Result<ChangeStream, RegistryError>> {
+        panic!("a second upstream was started")
+    }
+
+    async fn next(stream: &mut ChangeStream) -> WatchEvent {
+        tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("an event in time")
+            .expect("the stream goes on")
+            .expect("no error")
+    }
+
+    #[tokio::test]
+    async fn subscribers_share_one_upstream_and_get_the_set_then_deltas() {
+        let shared = SharedWatches::new();
+        let (up, start) = upstream(vec![inst("a", 1)]);
+        let mut first = shared.subscribe("S", None, start).await.unwrap();
+        let mut second = shared.subscribe("S", None, never).await.unwrap();
+        assert_eq!(shared.upstream_count(), 1);
+        assert_eq!(shared.subscriber_count(), 2);
+        for s in [&mut first, &mut second] {
+            assert_eq!(next(s).await, WatchEvent::Full(vec![inst("a", 1)]));
+        }
+        // A whole set from upstream goes out as what changed.
+        up.tx
+            .send(Ok(WatchEvent::Full(vec![inst("a", 1), inst("b", 2)])))
+            .unwrap();
+        // A delta that changes nothing goes nowhere.
+        up.tx
+            .send(Ok(WatchEvent::Delta {
+                upserted: vec![inst("a", 1)],
+                removed: vec!["zzz".into()],
+            }))
+            .unwrap();
+        up.tx
+            .send(Ok(WatchEvent::Delta {
+                upserted: vec![inst("b", 3)],
+                removed: vec!["a".into()],
+            }))
+            .unwrap();
+        for s in [&mut first, &mut second] {
+            assert_eq!(
+                next(s).await,
+                WatchEvent::Delta {
+                    upserted: vec![inst("b", 2)],
+                    removed: vec![]
+                }
+            );
+            assert_eq!(
+                next(s).await,
+                WatchEvent::Delta {
+                    upserted: vec![inst("b", 3)],
+                    removed: vec!["a".into()]
+                }
+            );
+        }
+        // A late subscriber starts from the current set.
+        let mut late = shared.subscribe("S", None, never).await.unwrap();
+        assert_eq!(next(&mut late).await, WatchEvent::Full(vec![inst("b", 3)]));
+        // Errors reach everyone.
+        up.tx
+            .send(Err(RegistryError::Unavailable("down".into())))
+            .unwrap();
+        for s in [&mut first, &mut second, &mut late] {
+            let item = s.next().await.unwrap();
+            assert!(matches!(item, Err(RegistryError::Unavailable(ref m)) if m == "down"));
+        }
+        // Another version is another upstream.
+        let (_other, start) = upstream(vec![]);
+        let other = shared.subscribe("S", Some("v2"), start).await.unwrap();
+        assert_eq!(shared.upstream_count(), 2);
+        drop(other);
+    }
+
+    #[tokio::test]
+    async fn the_last_subscriber_to_go_stops_the_upstream() {
+        let shared = SharedWatches::new();
+        let (up, start) = upstream(vec![]);
+        let first = shared.subscribe("S", None, start).await.unwrap();
+        let second = shared.subscribe("S", None, never).await.unwrap();
+        drop(first);
+        tokio::task::yield_now().await;
+        assert_eq!(shared.upstream_count(), 1);
+        assert!(!up.ended.load(Ordering::SeqCst));
+        drop(second);
+        for _ in 0..100 {
+            if up.ended.load(Ordering::SeqCst) && shared.upstream_count() == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(up.ended.load(Ordering::SeqCst), "upstream dropped");
+        assert_eq!(shared.upstream_count(), 0);
+        assert!(lock(&shared.inner.slots).is_empty(), "key forgotten");
+        // The next subscriber starts a new upstream.
+        let (_up, start) = upstream(vec![inst("a", 1)]);
+        let mut again = shared.subscribe("S", None, start).await.unwrap();
+        assert_eq!(next(&mut again).await, WatchEvent::Full(vec![inst("a", 1)]));
+        assert_eq!(shared.upstream_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_lagging_subscriber_gets_the_whole_set_and_holds_no_one_up() {
+        let shared = SharedWatches::with_buffer(4);
+        let (up, start) = upstream(vec![]);
+        let mut slow = shared.subscribe("S", None, start).await.unwrap();
+        let mut fast = shared.subscribe("S", None, never).await.unwrap();
+        assert_eq!(next(&mut slow).await, WatchEvent::Full(vec![]));
+        assert_eq!(next(&mut fast).await, WatchEvent::Full(vec![]));
+        // Ten changes; the fast one reads each as it comes, the slow one none.
+        for port in 1..=10u16 {
+            up.tx
+                .send(Ok(WatchEvent::Delta {
+                    upserted: vec![inst(&format!("i{port:02}"), port)],
+                    removed: vec![],
+                }))
+                .unwrap();
+            match next(&mut fast).await {
+                WatchEvent::Delta { upserted, .. } => assert_eq!(upserted[0].port(), port),
+                other => panic!("{other:?}"),
+            }
+        }
+        // The slow one skips what it missed: one whole set with all ten...
+        match next(&mut slow).await {
+            WatchEvent::Full(set) => assert_eq!(set.len(), 10),
+            other => panic!("expected the whole set, got {other:?}"),
+        }
+        // ...and then only changes after it, nothing it already has.
+        up.tx
+            .send(Ok(WatchEvent::Delta {
+                upserted: vec![],
+                removed: vec!["i01".into()],
+            }))
+            .unwrap();
+        for s in [&mut slow, &mut fast] {
+            assert_eq!(
+                next(s).await,
+                WatchEvent::Delta {
+                    upserted: vec![],
+                    removed: vec!["i01".into()]
+                }
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_fails_at_first_leaves_nothing_open() {
+        let shared = SharedWatches::new();
+        let failing = || {
+            let (tx, rx) = mpsc::unbounded_channel::<Result<WatchEvent, RegistryError>>();
+            tx.send(Err(RegistryError::Unavailable("down".into())))
+                .unwrap();
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|i| (i, rx))
+            });
+            std::future::ready(Ok(Box::pin(stream) as ChangeStream))
+        };
+        let err = shared.subscribe("S", None, failing).await.err().unwrap();
+        assert!(matches!(err, RegistryError::Unavailable(_)));
+        assert_eq!(shared.upstream_count(), 0);
+        let refused = || std::future::ready(Err(RegistryError::Refused("no".into())));
+        let err = shared.subscribe("S", None, refused).await.err().unwrap();
+        assert!(matches!(err, RegistryError::Refused(_)));
+        assert_eq!(shared.upstream_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn subscribers_end_when_the_upstream_ends() {
+        let shared = SharedWatches::new();
+        let (up, start) = upstream(vec![inst("a", 1)]);
+        let mut s = shared.subscribe("S", None, start).await.unwrap();
+        assert_eq!(next(&mut s).await, WatchEvent::Full(vec![inst("a", 1)]));
+        drop(up);
+        assert!(tokio::time::timeout(Duration::from_secs(5), s.next())
+            .await
+            .unwrap()
+            .is_none());
+        // A new subscriber starts anew.
+        let (_up, start) = upstream(vec![]);
+        let mut again = shared.subscribe("S", None, start).await.unwrap();
+        assert_eq!(next(&mut again).await, WatchEvent::Full(vec![]));
+    }
+}
