@@ -93,6 +93,45 @@
 //! asks etcd for a progress report, and one silent for twice that is taken
 //! as hung and moved to another member.
 //!
+//! ### Changes, and one watch shared by many clients
+//!
+//! [`Registry::watch_changes`], which the fyerrpc client uses, hands out
+//! what changed rather than whole sets: each etcd watch event is one key
+//! written or deleted, and becomes a
+//! [`WatchEvent::Delta`](fyerrpc::WatchEvent::Delta) carrying just that
+//! instance (or just its id), applied in time proportional to the change.
+//! After a re-read (a broken stream, a compacted revision, a restarted
+//! etcd) the new set is compared with the one already handed out, by
+//! instance id, and only the difference goes out.
+//!
+//! One etcd watch per (service, version) serves the registry handle and
+//! **every clone of it**, however many clients follow that service: each
+//! subscriber gets the whole set first, then the changes, and the whole set
+//! again only if it falls more than 256 changes behind (a slow client never
+//! holds the others up). The etcd watch is closed when the last subscriber
+//! goes; [`EtcdRegistry::watch_count`] tells how many are open.
+//!
+//! To share, connect once and hand clones (or one `Arc<dyn Registry>`) to
+//! every client; registries connected separately each open their own
+//! watches:
+//!
+//! ```no_run
+//! use fyerrpc_registry_etcd::{EtcdConfig, EtcdRegistry};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let registry = EtcdRegistry::connect(EtcdConfig::from_endpoints("http://127.0.0.1:2379")?).await?;
+//! let for_orders = registry.clone().into_dyn(); // give each client a clone
+//! let for_billing = registry.clone().into_dyn();
+//! // Both clients' watches of "GreetService" share one etcd watch.
+//! # let _ = (for_orders, for_billing);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`Registry::watch`] (whole sets) is not shared: each call opens an etcd
+//! watch of its own.
+//!
 //! ## Clusters, authentication, TLS
 //!
 //! [`EtcdConfig`] takes every member's client URL. Each member gets its own

@@ -1,8 +1,11 @@
-//! The discovery loop behind [`Registry::watch`](fyerrpc::Registry::watch).
+//! The discovery loop behind [`Registry::watch`](fyerrpc::Registry::watch)
+//! and [`Registry::watch_changes`](fyerrpc::Registry::watch_changes).
 //!
 //! Read the range (remembering the revision), hand out the set, watch from the
-//! next revision so nothing between the two is missed, and hand out the whole
-//! set again after every change. The etcd client's watch streams do not
+//! next revision so nothing between the two is missed, and after every change
+//! hand out the whole set again ([`Sink::Sets`]) or only what the watch
+//! events changed ([`Sink::Changes`]; after each read, the whole set, which
+//! the shared watch in front of it diffs). The etcd client's watch streams do not
 //! recover from a broken connection, so the loop supervises them: when a
 //! stream fails or ends it waits (backoff), reads the range again and watches
 //! on from that read's revision. Re-reading, rather than resuming at the last
@@ -18,7 +21,7 @@
 //!
 //! ```text
 //!   +---------+  read at revision R,   +----------+  every change:
-//!   | Reading | ---------------------> | Watching | ----------------> hand out the set
+//!   | Reading | ---------------------> | Watching | ----------------> hand out the set (or the delta)
 //!   +---------+  watch from R + 1,     +----------+
 //!     ^    |     hand out the set        |  |  |
 //!     |    | failed                      |  |  | silent: ask for progress,

@@ -51,7 +51,15 @@ type Key = (String, Option<String>);
 type Slot = Arc<tokio::sync::Mutex<Weak<Hub>>>;
 
 /// One upstream watch per (service, version), fanned out to any number of
-/// subscribers. See the [module docs](self).
+/// subscribers.
+///
+/// The first [`subscribe`](Self::subscribe) of a key starts the upstream
+/// watch, later ones join it, and the last subscriber to go stops it. Each
+/// subscriber gets the whole current set first, then only what changed
+/// (whole sets from the upstream are diffed by instance id). Slow
+/// subscribers never hold the others up: changes go out through a bounded
+/// buffer, and one that falls further behind skips what it missed and gets
+/// a [`WatchEvent::Full`] set instead.
 ///
 /// Cheap to clone: clones share the watches. A registry backend keeps one in
 /// its handle, so that every client built on clones of that handle shares
