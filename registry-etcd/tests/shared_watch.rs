@@ -209,3 +209,38 @@ async fn after_etcd_restarts_watchers_get_only_what_changed() {
         r.shutdown().await.expect("shutdown");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_built_on_clones_of_one_handle_share_one_etcd_watch() {
+    init_tracing();
+    let etcd = EtcdServer::start();
+    let registry = connect(&etcd.endpoint()).await;
+    let before = etcd_watchers(&etcd.endpoint()).expect("etcd reports its watchers");
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        let client = fyerrpc::Client::builder("Greet", registry.clone().into_dyn())
+            .build()
+            .await
+            .expect("client");
+        clients.push(client);
+    }
+    let added = registry
+        .register(instance("Greet", "a"), RegisterOptions::default())
+        .await
+        .expect("register");
+    until(Duration::from_secs(10), "every client knows a", || {
+        clients
+            .iter()
+            .all(|c| c.stats().instances.iter().any(|i| i.id == "a"))
+    })
+    .await;
+    assert_eq!(registry.watch_count(), 1, "one etcd watch for ten clients");
+    assert_eq!(registry.watcher_count(), 10);
+    assert_eq!(etcd_watchers(&etcd.endpoint()), Some(before + 1));
+    drop(clients);
+    until(Duration::from_secs(5), "the etcd watch closes", || {
+        registry.watch_count() == 0
+    })
+    .await;
+    added.shutdown().await.expect("shutdown");
+}
