@@ -244,3 +244,53 @@ async fn clients_built_on_clones_of_one_handle_share_one_etcd_watch() {
     .await;
     added.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_id_in_two_versions_is_not_lost_when_one_of_them_goes() {
+    init_tracing();
+    let etcd = EtcdServer::start();
+    let registry = connect(&etcd.endpoint()).await;
+    let v1 = instance("Greet", "a").with_version("v1").expect("version");
+    let v2 = instance("Greet", "a").with_version("v2").expect("version");
+    let mut watch = registry.watch_changes("Greet", None).await.expect("watch");
+    assert_eq!(next(&mut watch).await, WatchEvent::Full(vec![]));
+    let r1 = registry
+        .register(v1.clone(), RegisterOptions::default())
+        .await
+        .expect("register v1");
+    assert_eq!(
+        next(&mut watch).await,
+        WatchEvent::Delta {
+            upserted: vec![v1.clone()],
+            removed: vec![]
+        }
+    );
+    let r2 = registry
+        .register(v2.clone(), RegisterOptions::default())
+        .await
+        .expect("register v2");
+    assert_eq!(
+        next(&mut watch).await,
+        WatchEvent::Delta {
+            upserted: vec![v2],
+            removed: vec![]
+        }
+    );
+    // v2 goes: the id stays, standing for v1 again (not removed).
+    r2.shutdown().await.expect("shutdown v2");
+    assert_eq!(
+        next(&mut watch).await,
+        WatchEvent::Delta {
+            upserted: vec![v1],
+            removed: vec![]
+        }
+    );
+    r1.shutdown().await.expect("shutdown v1");
+    assert_eq!(
+        next(&mut watch).await,
+        WatchEvent::Delta {
+            upserted: vec![],
+            removed: vec!["a".into()]
+        }
+    );
+}
