@@ -21,7 +21,8 @@
 //!                        set, only the change|            | current set, then   | upstream watch closed
 //!                        goes out            v            v deltas again        v
 //!                                          Running      Running               Stopped
-//!   the upstream stream ends: subscribers end after what was sent; the next subscribe starts anew
+//!   the upstream stream ends (or its task's runtime shuts down): subscribers end after what was
+//!   sent; the next subscribe starts anew
 //! ```
 //!
 //! Slow subscribers never hold the others up: changes go out through a
@@ -203,8 +204,8 @@ impl SharedWatches {
                 tx: Some(tx),
             }),
         });
-        let running = Running::new(Arc::clone(&self.inner.running));
-        let task = tokio::spawn(pump(Arc::clone(&core), upstream, running));
+        let running = Running::new(Arc::clone(&self.inner.running), Arc::clone(&core));
+        let task = tokio::spawn(pump(upstream, running));
         let hub = Arc::new(Hub {
             core,
             task: task.abort_handle(),
@@ -228,19 +229,26 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Counts a running upstream task for as long as it lives.
-struct Running(Arc<AtomicUsize>);
+/// Counts a running upstream task for as long as it lives, and closes its
+/// hub when it goes, however it goes (the upstream ended, the task was
+/// aborted, or the runtime it ran on shut down), so that no subscriber
+/// waits for a task that is gone.
+struct Running {
+    count: Arc<AtomicUsize>,
+    core: Arc<Core>,
+}
 
 impl Running {
-    fn new(count: Arc<AtomicUsize>) -> Self {
+    fn new(count: Arc<AtomicUsize>, core: Arc<Core>) -> Self {
         count.fetch_add(1, Ordering::SeqCst);
-        Self(count)
+        Self { count, core }
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.core.close();
+        self.count.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -329,13 +337,13 @@ impl Core {
     }
 }
 
-/// Drives the upstream stream until it ends (or the task is aborted).
-async fn pump(core: Arc<Core>, mut upstream: ChangeStream, _running: Running) {
+/// Drives the upstream stream until it ends (or the task is aborted);
+/// `running` closes the hub when it is dropped.
+async fn pump(mut upstream: ChangeStream, running: Running) {
     while let Some(item) = upstream.next().await {
-        core.publish(item);
+        running.core.publish(item);
     }
     tracing::debug!("upstream registry watch ended");
-    core.close();
 }
 
 fn by_id(set: Vec<Instance>) -> HashMap<String, Instance> {
@@ -733,5 +741,30 @@ mod tests {
         let (_up, start) = upstream(vec![]);
         let mut again = shared.subscribe("S", None, start).await.unwrap();
         assert_eq!(next(&mut again).await, WatchEvent::Full(vec![]));
+    }
+
+    #[test]
+    fn subscribers_end_when_the_runtime_of_the_upstream_task_shuts_down() {
+        let shared = SharedWatches::new();
+        let (_up, start) = upstream(vec![inst("a", 1)]);
+        let first_runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let mut s = first_runtime.block_on(async {
+            let mut s = shared.subscribe("S", None, start).await.unwrap();
+            assert_eq!(next(&mut s).await, WatchEvent::Full(vec![inst("a", 1)]));
+            s
+        });
+        drop(first_runtime); // the upstream task goes with it
+        let other = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        other.block_on(async {
+            let end = tokio::time::timeout(Duration::from_secs(5), s.next()).await;
+            assert!(end.unwrap().is_none(), "the stream ends instead of hanging");
+            assert_eq!(shared.upstream_count(), 0);
+        });
     }
 }
