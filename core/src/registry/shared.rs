@@ -185,15 +185,28 @@ impl SharedWatches {
                 return Ok(subscriber.into_stream());
             }
         }
-        let mut upstream = start().await?;
-        let first = match upstream.next().await {
-            Some(Ok(WatchEvent::Full(set))) => set,
-            Some(Ok(WatchEvent::Delta { upserted, .. })) => upserted,
-            Some(Err(error)) => return Err(error),
-            None => {
-                return Err(RegistryError::Unavailable(
+        let opened = async {
+            let mut upstream = start().await?;
+            match upstream.next().await {
+                Some(Ok(WatchEvent::Full(set))) => Ok((upstream, set)),
+                Some(Ok(WatchEvent::Delta { upserted, .. })) => Ok((upstream, upserted)),
+                Some(Err(error)) => Err(error),
+                None => Err(RegistryError::Unavailable(
                     "the watch ended before its first set".into(),
-                ))
+                )),
+            }
+        };
+        let (upstream, first) = match opened.await {
+            Ok(opened) => opened,
+            Err(error) => {
+                // Forget the key unless someone else is waiting for it.
+                let idle = current.strong_count() == 0;
+                drop(current);
+                let mut slots = lock(&self.inner.slots);
+                if idle && Arc::strong_count(&slot) == 2 {
+                    slots.remove(&key);
+                }
+                return Err(error);
             }
         };
         let (tx, _) = broadcast::channel(self.inner.buffer);
@@ -724,6 +737,7 @@ mod tests {
         let err = shared.subscribe("S", None, refused).await.err().unwrap();
         assert!(matches!(err, RegistryError::Refused(_)));
         assert_eq!(shared.upstream_count(), 0);
+        assert!(lock(&shared.inner.slots).is_empty(), "key forgotten");
     }
 
     #[tokio::test]
