@@ -35,6 +35,7 @@ mod background;
 mod backoff;
 mod memory;
 mod registration;
+mod shared;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
@@ -52,6 +53,7 @@ pub use background::register_in_background;
 pub use backoff::RetryBackoff;
 pub use memory::{channel_stream, MemoryRegistry};
 pub use registration::{Registration, StopMode, StopSignal};
+pub use shared::{SharedWatches, DEFAULT_SHARED_BUFFER};
 
 /// Default time-to-live of a registration whose keep-alive stops.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
