@@ -100,6 +100,7 @@ pub async fn run(h: &Harness) {
     absurd_ttls_refused(h).await;
     register_discover(h).await;
     watch_sees_add_and_remove(h).await;
+    watch_changes_add_up_to_the_set(h).await;
     shutdown_deregisters(h).await;
     version_filter(h).await;
     ttl_expiry(h).await;
@@ -184,6 +185,83 @@ async fn watch_until(w: &mut WatchStream, ids: &[&str], within: Duration) {
         Ok(Err(last)) => panic!("watch ended at {last:?}, expected {ids:?}"),
         Err(_) => panic!("watch did not show {ids:?} within {within:?}"),
     }
+}
+
+/// Applies change events to `known` until it holds the ids `ids` (with the
+/// given address for each); panics if the first event is not a whole set.
+async fn changes_until(
+    w: &mut super::ChangeStream,
+    known: &mut std::collections::BTreeMap<String, Instance>,
+    first: &mut bool,
+    ids: &[&str],
+    within: Duration,
+) {
+    let r = tokio::time::timeout(within, async {
+        loop {
+            let keys: Vec<&str> = known.keys().map(String::as_str).collect();
+            if !*first && keys == ids {
+                return Ok(());
+            }
+            match w.next().await {
+                None => return Err(keys.iter().map(|k| (*k).to_owned()).collect::<Vec<_>>()),
+                Some(Err(e)) => tracing::warn!(error = %e, "watch_changes reported an error"),
+                Some(Ok(super::WatchEvent::Full(set))) => {
+                    *first = false;
+                    known.clear();
+                    known.extend(set.into_iter().map(|i| (i.id().to_owned(), i)));
+                }
+                Some(Ok(super::WatchEvent::Delta { upserted, removed })) => {
+                    assert!(
+                        !*first,
+                        "watch_changes must start with a whole set (WatchEvent::Full)"
+                    );
+                    for id in removed {
+                        known.remove(&id);
+                    }
+                    known.extend(upserted.into_iter().map(|i| (i.id().to_owned(), i)));
+                }
+            }
+        }
+    })
+    .await;
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(last)) => panic!("watch_changes ended at {last:?}, expected {ids:?}"),
+        Err(_) => panic!("watch_changes did not add up to {ids:?} within {within:?}"),
+    }
+}
+
+/// `watch_changes` starts with the whole set, and its events (whole sets or
+/// deltas) applied in order always add up to what `watch` would show, through
+/// additions and removals.
+pub async fn watch_changes_add_up_to_the_set(h: &Harness) {
+    let service = h.service("changes");
+    let ra = h
+        .registry
+        .register(instance(&service, "a", 7111), RegisterOptions::default())
+        .await
+        .expect("register a");
+    discover_until(h, &service, &["a"]).await;
+    let mut w = h
+        .registry
+        .watch_changes(&service, None)
+        .await
+        .expect("watch_changes");
+    let mut known = std::collections::BTreeMap::new();
+    let mut first = true;
+    changes_until(&mut w, &mut known, &mut first, &["a"], h.settle).await;
+    let rb = h
+        .registry
+        .register(instance(&service, "b", 7112), RegisterOptions::default())
+        .await
+        .expect("register b");
+    changes_until(&mut w, &mut known, &mut first, &["a", "b"], h.settle).await;
+    ra.shutdown().await.expect("shutdown a");
+    changes_until(&mut w, &mut known, &mut first, &["b"], h.settle).await;
+    let b = &known["b"];
+    assert_eq!(b.address(), rb.instance().address(), "b's entry intact");
+    rb.shutdown().await.expect("shutdown b");
+    changes_until(&mut w, &mut known, &mut first, &[], h.settle).await;
 }
 
 fn ids_of(set: &[Instance]) -> Vec<String> {
