@@ -65,6 +65,7 @@ mod eligibility;
 mod endpoint;
 mod events;
 mod handles;
+mod hedge;
 mod reconnect;
 mod snapshot;
 
@@ -150,6 +151,8 @@ pub(crate) struct Shared {
     instances: Mutex<InstanceBook>,
     ready: watch::Sender<usize>,
     method_metrics: handles::MethodTable,
+    /// The hedged methods, by path (empty: no call looks further).
+    hedges: FastMap<Box<str>, Arc<hedge::MethodHedge>>,
 }
 
 impl Shared {
