@@ -73,6 +73,7 @@ for port in "$A" "$B" "$C"; do
     "$BIN_DIR/greet-server" --port "$port" --id "server-$port" \
         >"$WORK_DIR/server_$port.log" 2>&1 </dev/null &
     PIDS+=($!)
+    disown "$!" # no job notice when they are killed at the end
 done
 PID_A=${PIDS[0]}
 for port in "$A" "$B" "$C"; do
