@@ -214,3 +214,33 @@ async fn a_non_fatal_status_sends_the_next_copy_at_once() {
     assert_eq!(err.code(), tonic::Code::Unavailable);
     assert_eq!(total_calls(&servers), 1, "a fatal status sends no copy");
 }
+
+#[tokio::test]
+async fn hedges_are_counted_in_metrics_and_stats() {
+    // A recorder for this thread only; the client runs on it (a
+    // current-thread runtime), the servers on their own.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let (servers, client) = stalled_cluster(HedgingPolicy::fixed(DELAY)).await;
+    for _ in 0..6 {
+        check(client.clone()).await.expect("a hedged call");
+    }
+    let stats = client.stats();
+    assert!(stats.hedges_sent >= 1 && stats.hedges_won >= 1, "{stats:?}");
+    assert!(stats.hedges_cancelled >= servers[0].calls(), "{stats:?}");
+    let text = handle.render();
+    let value = |outcome: &str| -> u64 {
+        let prefix = format!(
+            "fyerrpc_client_hedges_total{{service=\"{}\",method=\"{METHOD}\",outcome=\"{outcome}\"}} ",
+            support::SERVICE
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {outcome} series in\n{text}"))
+    };
+    assert_eq!(value("sent"), stats.hedges_sent);
+    assert_eq!(value("won"), stats.hedges_won);
+    assert_eq!(value("cancelled"), stats.hedges_cancelled);
+}
