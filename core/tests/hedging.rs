@@ -244,3 +244,32 @@ async fn hedges_are_counted_in_metrics_and_stats() {
     assert_eq!(value("won"), stats.hedges_won);
     assert_eq!(value("cancelled"), stats.hedges_cancelled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedged_call_can_wait_for_ready() {
+    let server = TestServer::start();
+    let registry = Arc::new(fyerrpc::registry::MemoryRegistry::new());
+    let client = Client::builder(
+        support::SERVICE,
+        Arc::clone(&registry) as Arc<dyn fyerrpc::Registry>,
+    )
+    .failover(hedged(HedgingPolicy::fixed(DELAY)))
+    .request_timeout(Duration::from_secs(5))
+    .wait_for_ready(true)
+    .build()
+    .await
+    .expect("client");
+    let late = {
+        let registry = Arc::clone(&registry);
+        let instance = support::instance("late", &server);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            registry.insert(instance);
+        })
+    };
+    check(client.clone())
+        .await
+        .expect("waited for the instance");
+    late.await.expect("task");
+    assert_eq!(server.calls(), 1);
+}

@@ -74,7 +74,7 @@ pub(super) struct CallCtx {
     pub(super) deadline: Option<Instant>,
     pub(super) started: Instant,
     idempotent: bool,
-    wait_for_ready: bool,
+    pub(super) wait_for_ready: bool,
 }
 
 /// The last failed attempt, whose real status ends the call if no other
@@ -391,7 +391,7 @@ pub(super) fn no_pick_status(shared: &Shared, snap: &Snapshot, why: NoPick) -> S
 
 /// Waits until an endpoint may have become eligible, within the deadline.
 /// Returns false when the deadline passed first.
-async fn wait_for_eligible(shared: &Shared, ctx: &CallCtx) -> bool {
+pub(super) async fn wait_for_eligible(shared: &Shared, ctx: &CallCtx) -> bool {
     let notified = shared.became_eligible.notified();
     tokio::pin!(notified);
     notified.as_mut().enable();

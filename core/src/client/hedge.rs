@@ -54,7 +54,7 @@ use tonic::Status;
 use super::body::Replay;
 use super::call::{
     acquire, finish_call, has_untried_eligible, no_pick_status, observe, release, send,
-    set_timeout, CallCtx, KeptHead, LastFailure, NoPick, Picked, Tried,
+    set_timeout, wait_for_eligible, CallCtx, KeptHead, LastFailure, NoPick, Picked, Tried,
 };
 use super::endpoint::EndpointCore;
 use super::Shared;
@@ -410,13 +410,18 @@ pub(super) async fn call(
         counted: 0,
         spent: false,
     };
-    if let Err(why) = h.start(Kind::First) {
-        let snap = shared.snapshot.load();
-        return finish_call(
-            &shared,
-            &ctx,
-            no_pick_status(&shared, &snap, why).into_http(),
-        );
+    loop {
+        match h.start(Kind::First) {
+            Ok(()) => break,
+            Err(NoPick::NoneKnown | NoPick::AllUnreachable)
+                if ctx.wait_for_ready && wait_for_eligible(&shared, &ctx).await => {}
+            Err(why) => {
+                drop(h);
+                let snap = shared.snapshot.load();
+                let status = no_pick_status(&shared, &snap, why);
+                return finish_call(&shared, &ctx, status.into_http());
+            }
+        }
     }
     let delay = hedge.delay();
     let mut next_copy = Some(Instant::now() + delay);

@@ -47,6 +47,11 @@
 //!   one (immediate failover), after the jittered backoff otherwise;
 //! * when retries stop, the call ends with the last attempt's real status.
 //!
+//! A method with a [hedging policy](crate::failover::hedge) takes another
+//! path: when its first attempt is slow to answer, copies go to other
+//! instances and the first answer wins (the others are cancelled). Calls of
+//! other methods pay nothing for it.
+//!
 //! Eligibility has one owner per endpoint, with its causes as fields:
 //! unreachable (hard evidence: never picked), breaker open, failing health
 //! checks (statistical: ignored in panic mode — open breakers when more than
