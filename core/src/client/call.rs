@@ -113,7 +113,7 @@ fn failure_message(outcome: Outcome, id: &str, address: &str) -> String {
 /// mode past a breaker that granted nothing).
 pub(super) struct Picked {
     pub(super) endpoint: Endpoint,
-    index: usize,
+    pub(super) index: usize,
     pub(super) permit: Option<Permit>,
 }
 

@@ -33,6 +33,12 @@
 //! the client's budget; when the budget is spent, no copy is sent and the
 //! attempts in flight are waited for.
 //!
+//! An attempt cancelled because one started after it answered first lost a
+//! race it had a head start in: its instance is reported slow to the
+//! balancer and failed to its (closed) breaker, as an attempt that timed out
+//! would be. A stalled instance thus trips its breaker after a few calls and
+//! is passed by, instead of costing every call it is picked for the delay.
+//!
 //! The adaptive delay follows a [`LatencyWindow`] of the method's recent
 //! answers: the winning attempts' own latencies, so a stalled instance whose
 //! attempts are cancelled does not drag the delay up.
@@ -58,7 +64,8 @@ use super::call::{
 };
 use super::endpoint::EndpointCore;
 use super::Shared;
-use crate::balance::Picker;
+use crate::balance::{Feedback, Picker};
+use crate::breaker::Permit;
 use crate::failover::classify::Outcome;
 use crate::failover::hedge::ADAPTIVE_MIN_SAMPLES;
 use crate::failover::{HedgeDelay, HedgingPolicy};
@@ -250,8 +257,19 @@ impl LatencyWindow {
     }
 }
 
+/// An attempt of a hedged call still in flight.
+struct Pending {
+    id: usize,
+    core: Arc<EndpointCore>,
+    index: usize,
+    permit: Option<Permit>,
+    picker: Arc<dyn Picker>,
+    started: Instant,
+}
+
 /// How one attempt of a hedged call ended.
 struct Done {
+    id: usize,
     picked: Picked,
     picker: Arc<dyn Picker>,
     outcome: Option<Outcome>,
@@ -284,6 +302,10 @@ struct Hedged<'a> {
     tried: Tried,
     prev: Option<Arc<EndpointCore>>,
     in_flight: FuturesUnordered<Attempt>,
+    /// What the client knows of the attempts in flight.
+    pending: Vec<Pending>,
+    /// Attempts started so far (their ids).
+    started: usize,
     /// Attempts counted against `max_attempts` (replacements are not).
     counted: u32,
     /// The budget refused a copy: none is sent any more.
@@ -359,9 +381,20 @@ impl Hedged<'_> {
         let shared = Arc::clone(shared);
         let picker = Arc::clone(&snap.picker);
         drop(snap);
+        let id = self.started;
+        self.started += 1;
+        self.pending.push(Pending {
+            id,
+            core: Arc::clone(&picked.endpoint.core),
+            index: picked.index,
+            permit: picked.permit,
+            picker: Arc::clone(&picker),
+            started: Instant::now(),
+        });
         self.in_flight.push(Box::pin(async move {
             let (outcome, response, t0) = send(&shared, &picked, &picker, req, timeout).await;
             Done {
+                id,
                 picked,
                 picker,
                 outcome,
@@ -373,11 +406,41 @@ impl Hedged<'_> {
         Ok(())
     }
 
+    /// Forgets a finished attempt.
+    fn finished(&mut self, id: usize) {
+        self.pending.retain(|p| p.id != id);
+    }
+
     /// Cancels the attempts still in flight (dropping them resets their
-    /// streams) and counts them.
-    fn cancel_rest(&mut self) {
+    /// streams) and counts them. Those started before `winner` (the start
+    /// of the attempt that answered) lost a race they had a head start in:
+    /// their instance is told slow to the balancer and, as an attempt that
+    /// timed out would be, failed to its breaker (a closed one; probes are
+    /// only released), so a stalled instance is soon passed by instead of
+    /// costing every call the hedging delay.
+    fn cancel_rest(&mut self, winner: Option<Instant>) {
         let n = self.in_flight.len() as u64;
         self.in_flight = FuturesUnordered::new();
+        for lost in std::mem::take(&mut self.pending) {
+            if winner.is_none_or(|w| lost.started >= w) {
+                continue;
+            }
+            let latency = lost.started.elapsed();
+            lost.picker.feedback(
+                lost.index,
+                &Feedback {
+                    latency,
+                    success: false,
+                },
+            );
+            if lost.permit == Some(Permit::Closed) {
+                if let Some(t) = lost.core.breaker.record(Permit::Closed, false) {
+                    self.shared.on_transition(&lost.core, t);
+                }
+            }
+            tracing::debug!(service = %self.shared.service, instance = %lost.core.id,
+                ?latency, "hedged attempt lost the race");
+        }
         if n > 0 {
             self.shared
                 .counters
@@ -407,6 +470,8 @@ pub(super) async fn call(
         tried: Tried(Vec::new()),
         prev: None,
         in_flight: FuturesUnordered::new(),
+        pending: Vec::new(),
+        started: 0,
         counted: 0,
         spent: false,
     };
@@ -440,7 +505,8 @@ pub(super) async fn call(
         tokio::select! {
             done = h.in_flight.next(), if !h.in_flight.is_empty() => {
                 let Some(done) = done else { continue };
-                let Done { picked, picker, outcome, response, t0, copy } = done;
+                let Done { id, picked, picker, outcome, response, t0, copy } = done;
+                h.finished(id);
                 let won = match outcome {
                     None => true,
                     Some(o) => o.is_success(),
@@ -450,7 +516,7 @@ pub(super) async fn call(
                     _ => false,
                 };
                 if won || fatal {
-                    h.cancel_rest();
+                    h.cancel_rest(won.then_some(t0));
                     drop(h);
                     if won {
                         if let Some(w) = &hedge.window {
