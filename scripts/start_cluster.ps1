@@ -17,6 +17,11 @@ scripts\start_cluster.ps1
 scripts\start_cluster.ps1 -ClientArgs '--scenario', 'load', '--requests', '5000', '--concurrency', '50'
 .EXAMPLE
 scripts\start_cluster.ps1 -Registry etcd -RegistryAddr http://127.0.0.1:2379
+.EXAMPLE
+scripts\start_cluster.ps1 -Tls
+Mutual TLS on every gRPC hop: a throw-away CA, server and client
+certificates are made in scripts\tls\ (by the make_certs example, no openssl
+needed).
 #>
 [CmdletBinding(PositionalBinding = $false)]
 param(
@@ -29,6 +34,8 @@ param(
     [switch]$Release,
     # Leave the servers running after the client (stop them with stop_cluster.ps1).
     [switch]$Keep,
+    # Mutual TLS on every gRPC hop, with throw-away certificates in scripts\tls\.
+    [switch]$Tls,
     # Port of server-A; B and C take the next two.
     [int]$BasePort = $(if ($env:BASE_PORT) { [int]$env:BASE_PORT } else { 8001 }),
     # Arguments for greet-client.
@@ -61,13 +68,28 @@ $TargetDir = if ($env:CARGO_TARGET_DIR) { $env:CARGO_TARGET_DIR } else { Join-Pa
 $ServerBin = Join-Path (Join-Path $TargetDir $BuildProfile) "greet-server$Exe"
 $ClientBin = Join-Path (Join-Path $TargetDir $BuildProfile) "greet-client$Exe"
 
+$ServerTlsFlags = @()
+$ClientTlsFlags = @()
+if ($Tls) {
+    $TlsDir = Join-Path $ScriptDir 'tls'
+    if (Test-Path $TlsDir) { Remove-Item -Recurse -Force $TlsDir }
+    $Certs = @('run', '--manifest-path', (Join-Path $Root 'Cargo.toml'), '-p', 'fyerrpc-demo',
+        '--example', 'make_certs', '--', $TlsDir)
+    & cargo @Certs
+    if ($LASTEXITCODE -ne 0) { exit $LASTEXITCODE }
+    $ServerTlsFlags = @('--tls-cert', (Join-Path $TlsDir 'server.pem'), '--tls-key', (Join-Path $TlsDir 'server.key'),
+        '--tls-client-ca', (Join-Path $TlsDir 'ca.pem'))
+    $ClientTlsFlags = @('--tls-ca', (Join-Path $TlsDir 'ca.pem'), '--tls-cert', (Join-Path $TlsDir 'client.pem'),
+        '--tls-key', (Join-Path $TlsDir 'client.key'))
+}
+
 # Leftovers of an earlier run would hold the ports.
 & (Join-Path $ScriptDir 'stop_cluster.ps1') -Quiet
 New-Item -ItemType Directory -Force -Path $LogDir, $RunDir | Out-Null
 
 function Start-GreetServer([string]$Name, [int]$Port, [string[]]$Extra = @()) {
     $key = $Name.ToLower()
-    $argList = @('--port', "$Port", '--id', "server-$Name") + $RegistryFlags + $Extra
+    $argList = @('--port', "$Port", '--id', "server-$Name") + $RegistryFlags + $ServerTlsFlags + $Extra
     $process = Start-Process -FilePath $ServerBin -ArgumentList $argList -NoNewWindow -PassThru `
         -RedirectStandardOutput (Join-Path $LogDir "server_$key.log") `
         -RedirectStandardError (Join-Path $LogDir "server_$key.err.log")
@@ -118,7 +140,7 @@ try {
 
     Write-Host "Starting failover client demo (log: $(Join-Path $LogDir 'client.log'))..."
     $servers = "localhost:$PortA,localhost:$PortB,localhost:$PortC"
-    & $ClientBin @RegistryFlags --servers $servers @ClientArgs | Tee-Object -FilePath (Join-Path $LogDir 'client.log')
+    & $ClientBin @RegistryFlags @ClientTlsFlags --servers $servers @ClientArgs | Tee-Object -FilePath (Join-Path $LogDir 'client.log')
     $status = $LASTEXITCODE
 } finally {
     # Runs on errors and on Ctrl-C too.

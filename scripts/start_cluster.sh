@@ -9,8 +9,10 @@
 # /status, /metrics. Logs go to scripts/logs/, pid files to scripts/run/.
 #
 # Usage: scripts/start_cluster.sh [options] [-- greet-client arguments]
-#   --registry static|etcd|consul   registry backend (default: static, or $FYERRPC_REGISTRY)
-#   --registry-addr ADDR            etcd endpoints or Consul agent address
+#   --registry static|file|etcd|consul
+#                                   registry backend (default: static, or $FYERRPC_REGISTRY)
+#   --registry-addr ADDR            etcd endpoints, Consul agent address, or the registry
+#                                   file (default for file: scripts/run/registry.json)
 #   --tls                           mutual TLS on every gRPC hop: makes a throw-away CA,
 #                                   server and client certificates in scripts/tls/
 #                                   (openssl), servers require client certificates
@@ -27,6 +29,7 @@
 # Examples:
 #   scripts/start_cluster.sh
 #   scripts/start_cluster.sh -- --scenario load --requests 5000 --concurrency 50
+#   scripts/start_cluster.sh --registry file
 #   scripts/start_cluster.sh --registry etcd --registry-addr http://127.0.0.1:2379
 #   scripts/start_cluster.sh --output json > report.json
 #   scripts/start_cluster.sh --tls
@@ -71,8 +74,9 @@ done
 
 case "$REGISTRY" in
     static) FEATURES=() ;;
+    file) FEATURES=(); REGISTRY_ADDR="${REGISTRY_ADDR:-$RUN_DIR/registry.json}" ;;
     etcd|consul) FEATURES=(--features "$REGISTRY") ;;
-    *) echo "start_cluster.sh: --registry must be static, etcd or consul, not '$REGISTRY'" >&2; exit 2 ;;
+    *) echo "start_cluster.sh: --registry must be static, file, etcd or consul, not '$REGISTRY'" >&2; exit 2 ;;
 esac
 
 case "$OUTPUT" in

@@ -248,6 +248,9 @@ pub struct InstanceStats {
     pub healthy: bool,
     /// Whether the instance can be connected to, as far as the client knows.
     pub reachable: bool,
+    /// Whether the client holds a connection to it now (opened on first
+    /// use, closed after the idle timeout).
+    pub connected: bool,
     /// Why the instance takes no new calls now (`unreachable`,
     /// `breaker_open`, `breaker_half_open_busy`, `unhealthy`); empty when it
     /// is eligible.

@@ -439,3 +439,36 @@ async fn a_health_check_of_an_unknown_service_name_counts_as_not_serving() {
     assert!(s0.reachable, "{s0:?}");
     assert_eq!(s0.ejected_for, ["unhealthy"]);
 }
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_and_reopened_by_the_next_call() {
+    let (_servers, registry) = cluster();
+    let client = client(registry, |b| {
+        b.idle_timeout(Some(Duration::from_millis(100)))
+    })
+    .await;
+    let connected = |c: &Client| -> Vec<bool> {
+        c.stats()
+            .instances
+            .into_iter()
+            .map(|i| i.connected)
+            .collect()
+    };
+    assert_eq!(
+        connected(&client),
+        [false; 3],
+        "no connection before first use"
+    );
+    for _ in 0..6 {
+        check(client.clone()).await.unwrap();
+    }
+    assert_eq!(connected(&client), [true; 3]);
+    // Closed between one and one and a half idle timeouts after the last call.
+    wait_for(|| connected(&client) == [false; 3]).await;
+    for _ in 0..6 {
+        check(client.clone()).await.unwrap();
+    }
+    assert!(connected(&client).iter().any(|c| *c), "reopened on demand");
+    let stats = client.stats();
+    assert_eq!(stats.failures, 0, "{stats:?}");
+}

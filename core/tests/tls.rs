@@ -420,6 +420,36 @@ async fn a_tls_client_is_told_the_instance_is_plaintext() {
 }
 
 #[tokio::test]
+async fn a_change_of_the_tls_flag_alone_gives_the_instance_a_new_connection() {
+    let server = Server::start(None);
+    let registry = Arc::new(MemoryRegistry::new());
+    // Wrongly registered as TLS: this plaintext client will not dial it.
+    registry.insert(instance("s1", &server, &[("tls", "true")]));
+    let client = client(registry.clone(), |b| {
+        b.failover(FailoverConfig::default().with_retry_interval(Duration::from_millis(10)))
+    })
+    .await;
+    let err = check(client.clone()).await.expect_err("mismatch");
+    assert!(err.message().contains("requires TLS"), "{}", err.message());
+    // Corrected in the registry, same id and address: the client must not
+    // keep the connector it prepared for the old flag.
+    registry.insert(instance("s1", &server, &[("tls", "false")]));
+    let mut last = None;
+    for _ in 0..100 {
+        match check(client.clone()).await {
+            Ok(()) => {
+                last = None;
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(last.is_none(), "still failing: {last:?}");
+    assert!(server.calls() >= 1);
+}
+
+#[tokio::test]
 async fn bad_tls_settings_fail_the_build() {
     assert!(ClientTlsConfig::new().ca_pem("not a certificate").is_err());
     let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());

@@ -1,5 +1,6 @@
-//! Choosing a registry backend from flags: `static` (built in), `etcd` and
-//! `consul` (when built with the feature of that name).
+//! Choosing a registry backend from flags: `static` (built in), `file` (the
+//! default feature `file`), `etcd` and `consul` (when built with the feature
+//! of that name).
 
 use std::sync::Arc;
 
@@ -12,6 +13,9 @@ pub const DEFAULT_ETCD_ADDR: &str = "http://127.0.0.1:2379";
 pub const DEFAULT_CONSUL_ADDR: &str = "http://127.0.0.1:8500";
 /// Default Consul agent address with `--consul-https`.
 pub const DEFAULT_CONSUL_HTTPS_ADDR: &str = "https://127.0.0.1:8501";
+/// File name of the default registry file, in the system's temporary
+/// directory.
+pub const DEFAULT_FILE_NAME: &str = "fyerrpc-registry.json";
 
 /// Which registry backend to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -23,6 +27,9 @@ pub enum RegistryKind {
     Etcd,
     /// Consul (agent services with TTL checks).
     Consul,
+    /// A JSON file of instances, watched for changes (`--registry-addr` is
+    /// its path).
+    File,
 }
 
 impl RegistryKind {
@@ -32,6 +39,7 @@ impl RegistryKind {
             Self::Static => "static",
             Self::Etcd => "etcd",
             Self::Consul => "consul",
+            Self::File => "file",
         }
     }
 }
@@ -42,8 +50,9 @@ pub struct RegistryArgs {
     /// Registry backend.
     #[arg(long, value_enum, default_value_t = RegistryKind::Static, env = "FYERRPC_REGISTRY")]
     pub registry: RegistryKind,
-    /// etcd endpoints (comma-separated) or Consul agent address [default: the
-    /// backend's local default].
+    /// etcd endpoints (comma-separated), Consul agent address or registry
+    /// file path [default: the backend's local default; for `file`,
+    /// fyerrpc-registry.json in the temporary directory].
     #[arg(long, env = "FYERRPC_REGISTRY_ADDR")]
     pub registry_addr: Option<String>,
     /// etcd user name (with --etcd-password).
@@ -108,6 +117,15 @@ impl RegistryArgs {
             (None, false) => DEFAULT_CONSUL_ADDR.to_owned(),
         }
     }
+
+    /// The registry file these flags name: `--registry-addr`, or
+    /// [`DEFAULT_FILE_NAME`] in the temporary directory.
+    pub fn file_path(&self) -> std::path::PathBuf {
+        match &self.registry_addr {
+            Some(path) => path.into(),
+            None => std::env::temp_dir().join(DEFAULT_FILE_NAME),
+        }
+    }
 }
 
 /// Why a registry could not be set up.
@@ -149,7 +167,26 @@ pub async fn open(
         }),
         RegistryKind::Etcd => etcd(args).await,
         RegistryKind::Consul => consul(args).await,
+        RegistryKind::File => file(args),
     }
+}
+
+#[cfg(feature = "file")]
+fn file(args: &RegistryArgs) -> Result<Arc<dyn Registry>, RegistrySetupError> {
+    use fyerrpc_registry_file::FileRegistry;
+    let path = args.file_path();
+    // Created when missing, so that a client may start before any server.
+    let registry = FileRegistry::create(&path).map_err(|e| RegistrySetupError::Connect {
+        kind: "file",
+        addr: path.display().to_string(),
+        reason: crate::error_chain(&e),
+    })?;
+    Ok(registry.into_dyn())
+}
+
+#[cfg(not(feature = "file"))]
+fn file(_args: &RegistryArgs) -> Result<Arc<dyn Registry>, RegistrySetupError> {
+    Err(RegistrySetupError::NotBuilt("file"))
 }
 
 #[cfg(feature = "etcd")]
@@ -251,6 +288,36 @@ mod tests {
         assert_eq!(args.consul_address(), "https://consul.local:8501");
         args.registry_addr = Some("http://consul.local:8500".into());
         assert_eq!(args.consul_address(), "http://consul.local:8500");
+    }
+
+    #[cfg(feature = "file")]
+    #[tokio::test]
+    async fn the_file_registry_opens_the_named_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("instances.json");
+        let args = RegistryArgs {
+            registry: RegistryKind::File,
+            registry_addr: Some(path.display().to_string()),
+            ..RegistryArgs::default()
+        };
+        let r = open(&args, "S", Some("ignored:1")).await.unwrap();
+        assert!(r.discover("S", None).await.unwrap().is_empty());
+        assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), "[\n]");
+        let args = RegistryArgs {
+            registry_addr: Some(dir.path().join("nope/x.json").display().to_string()),
+            ..args
+        };
+        let err = open(&args, "S", None).await.err().unwrap();
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn the_default_registry_file_is_in_the_temporary_directory() {
+        let args = RegistryArgs::default();
+        assert_eq!(
+            args.file_path(),
+            std::env::temp_dir().join(DEFAULT_FILE_NAME)
+        );
     }
 
     #[cfg(not(feature = "etcd"))]

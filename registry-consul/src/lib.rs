@@ -195,6 +195,38 @@
 //! that drops it) cannot block: the watch warns once and polls with backoff
 //! (up to every 2 s) instead of asking again at once.
 //!
+//! ### Changes, and one watch shared by many clients
+//!
+//! [`watch_changes`](fyerrpc::Registry::watch_changes), which the fyerrpc
+//! client uses, runs one blocking-query loop per (service, version) for the
+//! registry handle and **every clone of it**, however many clients follow
+//! that service. Each answer is compared with the set the subscribers
+//! already have, by instance id, and only what changed goes out (a
+//! [`WatchEvent::Delta`](fyerrpc::WatchEvent::Delta)); each subscriber gets
+//! the whole set first, and again only if it falls more than 256 changes
+//! behind. The loop stops when the last subscriber goes.
+//! [`ConsulRegistry::watch_count`] tells how many loops run.
+//!
+//! To share, build the registry once and hand clones (or one
+//! `Arc<dyn Registry>`) to every client; registries built separately from
+//! the same configuration each run their own loops:
+//!
+//! ```no_run
+//! use fyerrpc_registry_consul::{ConsulConfig, ConsulRegistry};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let registry = ConsulRegistry::new(ConsulConfig::from_address("http://127.0.0.1:8500"))?;
+//! let for_orders = registry.clone().into_dyn(); // give each client a clone
+//! let for_billing = registry.clone().into_dyn();
+//! // Both clients' watches of "GreetService" share one blocking-query loop.
+//! # let _ = (for_orders, for_billing);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`watch`](fyerrpc::Registry::watch) (whole sets) is not shared: each call
+//! runs a loop of its own.
+//!
 //! The ACL token goes in `X-Consul-Token` on every request; the datacenter
 //! (`?dc=`) applies to health and catalog reads (agent endpoints always act
 //! on the configured agent). Consul answers a read the token may not see

@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fyerrpc::registry::{RegisterOptions, Registration, WatchStream};
+use fyerrpc::registry::{
+    ChangeStream, RegisterOptions, Registration, SharedWatches, WatchEvent, WatchStream,
+};
 use fyerrpc::{Instance, Registry, RegistryError};
 
 use crate::client::ConsulClient;
@@ -24,6 +26,8 @@ pub struct ConsulRegistry {
     deregister_timeout: Duration,
     warnings: Arc<Warnings>,
     before_restore: Option<Hook>,
+    /// One blocking-query loop per (service, version), shared by the clones.
+    watches: SharedWatches,
 }
 
 impl std::fmt::Debug for ConsulRegistry {
@@ -51,12 +55,26 @@ impl ConsulRegistry {
             deregister_timeout: config.deregister_timeout,
             warnings: Arc::new(Warnings::default()),
             before_restore: None,
+            watches: SharedWatches::new(),
         })
     }
 
     /// The typed HTTP client this registry uses.
     pub fn client(&self) -> &ConsulClient {
         &self.client
+    }
+
+    /// How many blocking-query loops [`Registry::watch_changes`] keeps
+    /// running now: one per watched (service, version), however many
+    /// clients (of this handle and its clones) follow it.
+    pub fn watch_count(&self) -> usize {
+        self.watches.upstream_count()
+    }
+
+    /// How many [`Registry::watch_changes`] streams of this handle and its
+    /// clones are open now.
+    pub fn watcher_count(&self) -> usize {
+        self.watches.subscriber_count()
     }
 
     /// This registry as a shared trait object.
@@ -164,6 +182,26 @@ impl Registry for ConsulRegistry {
             service.to_owned(),
             version.map(str::to_owned),
         ))
+    }
+
+    /// Blocking queries return the whole set; the shared watch diffs each
+    /// answer against the set its subscribers have, by instance id, and
+    /// hands out only what changed.
+    async fn watch_changes(
+        &self,
+        service: &str,
+        version: Option<&str>,
+    ) -> Result<ChangeStream, RegistryError> {
+        let client = self.client.clone();
+        let owned = (service.to_owned(), version.map(str::to_owned));
+        self.watches
+            .subscribe(service, version, move || async move {
+                let (service, version) = owned;
+                let sets = discovery::watch(client, service, version);
+                let changes = futures_util::StreamExt::map(sets, |set| set.map(WatchEvent::Full));
+                Ok(Box::pin(changes) as ChangeStream)
+            })
+            .await
     }
 }
 

@@ -93,6 +93,45 @@
 //! asks etcd for a progress report, and one silent for twice that is taken
 //! as hung and moved to another member.
 //!
+//! ### Changes, and one watch shared by many clients
+//!
+//! [`Registry::watch_changes`], which the fyerrpc client uses, hands out
+//! what changed rather than whole sets: each etcd watch event is one key
+//! written or deleted, and becomes a
+//! [`WatchEvent::Delta`](fyerrpc::WatchEvent::Delta) carrying just that
+//! instance (or just its id), applied in time proportional to the change.
+//! After a re-read (a broken stream, a compacted revision, a restarted
+//! etcd) the new set is compared with the one already handed out, by
+//! instance id, and only the difference goes out.
+//!
+//! One etcd watch per (service, version) serves the registry handle and
+//! **every clone of it**, however many clients follow that service: each
+//! subscriber gets the whole set first, then the changes, and the whole set
+//! again only if it falls more than 256 changes behind (a slow client never
+//! holds the others up). The etcd watch is closed when the last subscriber
+//! goes; [`EtcdRegistry::watch_count`] tells how many are open.
+//!
+//! To share, connect once and hand clones (or one `Arc<dyn Registry>`) to
+//! every client; registries connected separately each open their own
+//! watches:
+//!
+//! ```no_run
+//! use fyerrpc_registry_etcd::{EtcdConfig, EtcdRegistry};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let registry = EtcdRegistry::connect(EtcdConfig::from_endpoints("http://127.0.0.1:2379")?).await?;
+//! let for_orders = registry.clone().into_dyn(); // give each client a clone
+//! let for_billing = registry.clone().into_dyn();
+//! // Both clients' watches of "GreetService" share one etcd watch.
+//! # let _ = (for_orders, for_billing);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`Registry::watch`] (whole sets) is not shared: each call opens an etcd
+//! watch of its own.
+//!
 //! ## Clusters, authentication, TLS
 //!
 //! [`EtcdConfig`] takes every member's client URL. Each member gets its own
@@ -158,7 +197,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use etcd_client::{Client, GetOptions};
 use fyerrpc::instance::{instance_key, service_prefix};
-use fyerrpc::registry::{channel_stream, RegisterOptions, Registration, WatchStream};
+use fyerrpc::registry::{
+    channel_stream, ChangeStream, RegisterOptions, Registration, SharedWatches, WatchStream,
+};
 use fyerrpc::{Instance, Registry, RegistryError};
 
 pub use config::{
@@ -172,7 +213,7 @@ pub use etcd_client;
 use crate::hooks::Probe;
 use crate::keeper::Keeper;
 use crate::members::{Members, Patience};
-use crate::watcher::Watcher;
+use crate::watcher::{Sink, Watcher};
 
 /// A [`Registry`] on etcd. See the [crate docs](crate).
 ///
@@ -184,6 +225,8 @@ pub struct EtcdRegistry {
     prefix: Arc<str>,
     timeout: Duration,
     probe: Probe,
+    /// One etcd watch per (service, version), shared by the clones.
+    watches: SharedWatches,
 }
 
 impl std::fmt::Debug for EtcdRegistry {
@@ -230,6 +273,7 @@ impl EtcdRegistry {
             prefix,
             timeout,
             probe: Probe::default(),
+            watches: SharedWatches::new(),
         })
     }
 
@@ -244,6 +288,19 @@ impl EtcdRegistry {
     /// The key prefix.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// How many etcd watches [`Registry::watch_changes`] keeps open now:
+    /// one per watched (service, version), however many clients (of this
+    /// handle and its clones) follow it.
+    pub fn watch_count(&self) -> usize {
+        self.watches.upstream_count()
+    }
+
+    /// How many [`Registry::watch_changes`] streams of this handle and its
+    /// clones are open now.
+    pub fn watcher_count(&self) -> usize {
+        self.watches.subscriber_count()
     }
 
     /// This registry as a shared trait object.
@@ -318,6 +375,25 @@ impl Registry for EtcdRegistry {
     ) -> Result<WatchStream, RegistryError> {
         let watcher = self.watcher(service, version);
         let first = watcher.read().await?;
-        Ok(channel_stream(move |tx| watcher.run(first, tx)))
+        Ok(channel_stream(move |tx| watcher.run(first, Sink::Sets(tx))))
+    }
+
+    async fn watch_changes(
+        &self,
+        service: &str,
+        version: Option<&str>,
+    ) -> Result<ChangeStream, RegistryError> {
+        let watcher = self.watcher(service, version);
+        self.watches
+            .subscribe(service, version, move || async move {
+                let first = watcher.read().await?;
+                let (tx, rx) = tokio::sync::mpsc::channel(16);
+                tokio::spawn(watcher.run(first, Sink::Changes(tx)));
+                let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|item| (item, rx))
+                });
+                Ok(Box::pin(stream) as ChangeStream)
+            })
+            .await
     }
 }

@@ -1,8 +1,11 @@
-//! The discovery loop behind [`Registry::watch`](fyerrpc::Registry::watch).
+//! The discovery loop behind [`Registry::watch`](fyerrpc::Registry::watch)
+//! and [`Registry::watch_changes`](fyerrpc::Registry::watch_changes).
 //!
 //! Read the range (remembering the revision), hand out the set, watch from the
-//! next revision so nothing between the two is missed, and hand out the whole
-//! set again after every change. The etcd client's watch streams do not
+//! next revision so nothing between the two is missed, and after every change
+//! hand out the whole set again ([`Sink::Sets`]) or only what the watch
+//! events changed ([`Sink::Changes`]; after each read, the whole set, which
+//! the shared watch in front of it diffs). The etcd client's watch streams do not
 //! recover from a broken connection, so the loop supervises them: when a
 //! stream fails or ends it waits (backoff), reads the range again and watches
 //! on from that read's revision. Re-reading, rather than resuming at the last
@@ -18,7 +21,7 @@
 //!
 //! ```text
 //!   +---------+  read at revision R,   +----------+  every change:
-//!   | Reading | ---------------------> | Watching | ----------------> hand out the set
+//!   | Reading | ---------------------> | Watching | ----------------> hand out the set (or the delta)
 //!   +---------+  watch from R + 1,     +----------+
 //!     ^    |     hand out the set        |  |  |
 //!     |    | failed                      |  |  | silent: ask for progress,
@@ -35,7 +38,8 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, WatchOptions};
+use etcd_client::{Client, Event, WatchOptions};
+use fyerrpc::registry::WatchEvent;
 use fyerrpc::{Instance, RegistryError};
 use tokio::sync::mpsc::Sender;
 use tokio::time::Instant;
@@ -47,7 +51,19 @@ use crate::members::{Members, Patience};
 use crate::metrics;
 use crate::snapshot::Snapshot;
 
-type Tx = Sender<Result<Vec<Instance>, RegistryError>>;
+/// Where whole sets go ([`Registry::watch`](fyerrpc::Registry::watch)).
+pub(crate) type SetTx = Sender<Result<Vec<Instance>, RegistryError>>;
+/// Where changes go ([`Registry::watch_changes`](fyerrpc::Registry::watch_changes)).
+pub(crate) type ChangeTx = Sender<Result<WatchEvent, RegistryError>>;
+
+/// What the watch hands out.
+pub(crate) enum Sink {
+    /// The whole set after every change.
+    Sets(SetTx),
+    /// The whole set after every read, then only what each batch of watch
+    /// events changed.
+    Changes(ChangeTx),
+}
 
 /// Why one watch (read, then watch) ended.
 enum End {
@@ -82,11 +98,11 @@ impl Watcher {
         Snapshot::read(&self.members, &self.prefix, &self.range, self.timeout).await
     }
 
-    /// Feeds `tx` until its receiver is dropped, starting from `first`.
-    pub(crate) async fn run(self, first: Snapshot, tx: Tx) {
+    /// Feeds `sink` until its receiver is dropped, starting from `first`.
+    pub(crate) async fn run(self, first: Snapshot, sink: Sink) {
         let mut backoff = Backoff::default();
         let mut out = Output {
-            tx,
+            sink,
             last: None,
             failing: false,
         };
@@ -114,7 +130,7 @@ impl Watcher {
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff.next_delay()) => {}
-                        _ = out.tx.closed() => return,
+                        () = out.closed() => return,
                     }
                 }
             }
@@ -158,7 +174,7 @@ impl Watcher {
             tracing::info!(range = %self.range, endpoint = self.members.endpoint(member),
                 "etcd watch restored");
         }
-        if out.send(snapshot.instances()).await.is_err() {
+        if out.send_read(&snapshot).await.is_err() {
             return End::Closed;
         }
         // Silence supervision: a progress request after `quiet`, given up
@@ -170,7 +186,7 @@ impl Watcher {
             let check_at = heard + if asked { quiet * 2 } else { quiet };
             let response = tokio::select! {
                 r = responses.message() => r,
-                _ = out.tx.closed() => return End::Closed,
+                () = out.closed() => return End::Closed,
                 _ = tokio::time::sleep_until(check_at) => {
                     if asked {
                         let error = RegistryError::Unavailable(format!(
@@ -209,8 +225,11 @@ impl Watcher {
                     )),
                 );
             }
-            snapshot.apply(response.events());
-            if out.send(snapshot.instances()).await.is_err() {
+            if out
+                .send_events(&mut snapshot, response.events())
+                .await
+                .is_err()
+            {
                 return End::Closed;
             }
         }
@@ -219,29 +238,75 @@ impl Watcher {
 
 /// The receiving end of a watch, and what it was last told.
 struct Output {
-    tx: Tx,
-    /// The set sent last, if no error came after it.
+    sink: Sink,
+    /// The set sent last, if no error came after it (whole sets only).
     last: Option<Vec<Instance>>,
     /// Whether the last thing sent was an error.
     failing: bool,
 }
 
 impl Output {
-    /// Sends `set` unless it is the one sent last. `Err` when the receiver is
-    /// gone.
-    async fn send(&mut self, set: Vec<Instance>) -> Result<(), ()> {
+    /// Resolves when the receiver is gone.
+    async fn closed(&self) {
+        match &self.sink {
+            Sink::Sets(tx) => tx.closed().await,
+            Sink::Changes(tx) => tx.closed().await,
+        }
+    }
+
+    /// Hands out a freshly read snapshot: the whole set (unless it is the
+    /// one sent last, for whole sets). `Err` when the receiver is gone.
+    async fn send_read(&mut self, snapshot: &Snapshot) -> Result<(), ()> {
+        match &self.sink {
+            Sink::Sets(_) => self.send_set(snapshot.instances()).await,
+            Sink::Changes(tx) => {
+                self.failing = false;
+                let set = snapshot.instances();
+                tx.send(Ok(WatchEvent::Full(set))).await.map_err(drop)
+            }
+        }
+    }
+
+    /// Applies a batch of watch events to `snapshot` and hands out the
+    /// change: the whole new set, or only what changed.
+    async fn send_events(&mut self, snapshot: &mut Snapshot, events: &[Event]) -> Result<(), ()> {
+        let changes = snapshot.apply(events);
+        match &self.sink {
+            Sink::Sets(_) => self.send_set(snapshot.instances()).await,
+            Sink::Changes(tx) => {
+                self.failing = false;
+                if changes.is_empty() {
+                    return Ok(());
+                }
+                let event = WatchEvent::Delta {
+                    upserted: changes.upserted,
+                    removed: changes.removed,
+                };
+                tx.send(Ok(event)).await.map_err(drop)
+            }
+        }
+    }
+
+    /// Sends `set` unless it is the one sent last.
+    async fn send_set(&mut self, set: Vec<Instance>) -> Result<(), ()> {
         self.failing = false;
         if self.last.as_ref() == Some(&set) {
             return Ok(());
         }
         self.last = Some(set.clone());
-        self.tx.send(Ok(set)).await.map_err(drop)
+        match &self.sink {
+            Sink::Sets(tx) => tx.send(Ok(set)).await.map_err(drop),
+            Sink::Changes(tx) => tx.send(Ok(WatchEvent::Full(set))).await.map_err(drop),
+        }
     }
 
     /// Sends an error; the next set is then sent even if unchanged.
     async fn fail(&mut self, error: RegistryError) -> Result<(), ()> {
         self.failing = true;
         self.last = None;
-        self.tx.send(Err(error)).await.map_err(drop)
+        match &self.sink {
+            Sink::Sets(tx) => tx.send(Err(error)).await.map_err(drop),
+            Sink::Changes(tx) => tx.send(Err(error)).await.map_err(drop),
+        }
     }
 }

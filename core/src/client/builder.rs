@@ -71,7 +71,12 @@ pub(crate) struct Config {
     pub stats_retention: Duration,
     pub transport: TransportConfig,
     pub instance_label: bool,
+    pub idle_timeout: Option<Duration>,
 }
+
+/// Default time after which the connection to an instance that takes no
+/// calls is closed (gRPC's channel idle timeout).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// Default time the counters of an instance that left are kept.
 pub const DEFAULT_STATS_RETENTION: Duration = Duration::from_secs(300);
@@ -92,6 +97,7 @@ pub const DEFAULT_STATS_RETENTION: Duration = Duration::from_secs(300);
 /// | reconnect probes | from 200 ms, ×1.6, at most 5 s apart |
 /// | stats retention | 5 min: counters of instances gone for longer are dropped |
 /// | instance label | on: per-instance metric series carry the instance id |
+/// | idle timeout | 30 min: the connection to an instance without calls is closed, reopened on the next call |
 /// | hash header | [`DEFAULT_HASH_HEADER`] |
 /// | transport | plaintext HTTP/2 (h2c); TLS with `tls(...)` (feature `tls`) |
 /// | endpoint settings | TCP no-delay, HTTP/2 keep-alive every 30 s while calls are open |
@@ -134,6 +140,7 @@ impl ClientBuilder {
                 stats_retention: DEFAULT_STATS_RETENTION,
                 transport: TransportConfig::default(),
                 instance_label: true,
+                idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             },
         }
     }
@@ -219,6 +226,17 @@ impl ClientBuilder {
         self.config.reconnect_max = max;
         self
     }
+
+    /// Closes the connection to an instance that took no call for `timeout`
+    /// (checked every half timeout, so it closes within 1.5 × `timeout`);
+    /// the next call reopens it. `None` keeps connections open for as long
+    /// as the instance is registered. Instances under active health checks
+    /// keep their connection. Default [`DEFAULT_IDLE_TIMEOUT`].
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.idle_timeout = timeout;
+        self
+    }
+
     /// Sets how long the counters of an instance that left the registry are
     /// kept (in [`Client::stats`]) before they are dropped.
     pub fn stats_retention(mut self, retention: Duration) -> Self {
@@ -334,6 +352,12 @@ impl ClientBuilder {
                 return invalid("health_check", "interval and timeout must be positive");
             }
         }
+        if self.config.idle_timeout.is_some_and(|t| t.is_zero()) {
+            return invalid(
+                "idle_timeout",
+                "must be positive (None keeps connections open)",
+            );
+        }
         if let Some(reason) = self.config.transport.tls_error() {
             return invalid("tls", reason);
         }
@@ -387,10 +411,17 @@ impl ClientBuilder {
             instances: Mutex::new(super::InstanceBook::default()),
             ready: watch::channel(0).0,
         });
-        let task = runtime.spawn(run_discovery(Arc::downgrade(&shared)));
+        let mut tasks = vec![runtime.spawn(run_discovery(Arc::downgrade(&shared)))];
+        if let Some(timeout) = shared.config.idle_timeout {
+            tasks.push(super::conn::spawn_idle_sweep(
+                &runtime,
+                Arc::downgrade(&shared),
+                timeout,
+            ));
+        }
         Ok(Client {
             shared,
-            _task: Arc::new(TaskGuard(task)),
+            _task: Arc::new(TaskGuard(tasks)),
         })
     }
 }

@@ -26,7 +26,6 @@ use http::{HeaderValue, Request, Response};
 use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::{Code, Status};
-use tower::ServiceExt;
 
 use super::body::{BodyEnd, Observed, Replay};
 use super::eligibility::Panic;
@@ -725,7 +724,7 @@ pub(super) async fn send(
     core.counters.attempts.fetch_add(1, Ordering::Relaxed);
     let t0 = Instant::now();
     let guard = Cancelled(Some((core, picked.permit)));
-    let call = core.channel().oneshot(req);
+    let call = core.conn.call(req);
     let result = match timeout {
         Some(t) => tokio::time::timeout(t, call).await,
         None => Ok(call.await),

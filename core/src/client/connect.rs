@@ -185,6 +185,18 @@ fn declares_tls(inst: &Instance) -> Option<bool> {
     }
 }
 
+/// A digest of the metadata that decide how an instance is connected to,
+/// besides its address (whether it serves TLS, the name its certificate is
+/// checked against). An instance whose digest changes gets a new endpoint,
+/// as one whose address changes does.
+pub(crate) fn transport_print(inst: &Instance) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    inst.meta(TLS_METADATA_KEY).hash(&mut h);
+    inst.meta(TLS_SERVER_NAME_METADATA_KEY).hash(&mut h);
+    h.finish()
+}
+
 /// How to open one instance's channel, decided and checked on discovery;
 /// the channel itself is created on first use (a call or a health check),
 /// so that an idle instance costs no channel and no task.
@@ -192,6 +204,8 @@ fn declares_tls(inst: &Instance) -> Option<bool> {
 pub(crate) struct LazyConnect {
     endpoint: Endpoint,
     how: How,
+    /// [`transport_print`] of the instance it was prepared for.
+    print: u64,
 }
 
 #[derive(Clone)]
@@ -218,6 +232,12 @@ impl std::fmt::Debug for LazyConnect {
 
 impl LazyConnect {
     /// A lazily connected channel: nothing is dialed before its first use.
+    /// Whether `inst` is connected to as this was prepared (same transport
+    /// metadata).
+    pub(crate) fn same_transport(&self, inst: &Instance) -> bool {
+        self.print == transport_print(inst)
+    }
+
     pub(crate) fn channel(&self) -> Channel {
         let endpoint = self.endpoint.clone();
         match &self.how {
@@ -268,6 +288,7 @@ pub(crate) fn prepare(
         return Ok(LazyConnect {
             endpoint,
             how: How::Mismatch(mismatch),
+            print: transport_print(inst),
         });
     }
     let mut endpoint = endpoint
@@ -292,11 +313,13 @@ pub(crate) fn prepare(
         return Ok(LazyConnect {
             endpoint,
             how: How::Tls(connector),
+            print: transport_print(inst),
         });
     }
     Ok(LazyConnect {
         endpoint,
         how: How::Plain(io::PlainConnector::new(inst, connect_timeout)),
+        print: transport_print(inst),
     })
 }
 

@@ -4,7 +4,8 @@
 //! An instance that takes no calls costs one [`EndpointCore`] (a few hundred
 //! bytes): its tonic `Channel`, with the task that drives it, is created on
 //! first use (a call, a health check, a reachability probe), not on
-//! discovery.
+//! discovery, and closed again after a long idle period (see
+//! [`conn`](super::conn)).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
@@ -29,10 +30,8 @@ pub(crate) struct EndpointCore {
     /// The value of the `instance` metric label (the id, or a constant when
     /// the client is built without per-instance series).
     pub label: Arc<str>,
-    /// How to connect, validated on discovery.
-    connect: super::connect::LazyConnect,
-    /// Created on first use.
-    channel: OnceLock<Channel>,
+    /// The connection: opened on first use, closed when idle.
+    pub conn: super::conn::Conn,
     pub breaker: Box<dyn Breaker>,
     pub load: Arc<Load>,
     /// Why the endpoint may not take calls, if anything.
@@ -62,8 +61,7 @@ impl EndpointCore {
                 handles: OnceLock::new(),
             },
             label,
-            connect,
-            channel: OnceLock::new(),
+            conn: super::conn::Conn::new(connect),
             breaker,
             load: Arc::new(Load::new()),
             state: EndpointState::default(),
@@ -76,13 +74,20 @@ impl EndpointCore {
     /// The instance's channel, created (connecting lazily) on first use.
     /// Must be called within a tokio runtime.
     pub(crate) fn channel(&self) -> Channel {
-        self.channel.get_or_init(|| self.connect.channel()).clone()
+        self.conn.channel()
     }
 
     /// Whether the last active health check verdict is healthy (true
     /// without checks).
     pub(crate) fn is_healthy(&self) -> bool {
         !self.state.has(super::eligibility::UNHEALTHY)
+    }
+
+    /// Whether `inst` (a new registry entry with this endpoint's id) can keep
+    /// this endpoint: same address and same transport metadata. Otherwise
+    /// it needs a new endpoint (channel, breaker, load).
+    pub(crate) fn same_connection(&self, inst: &Instance) -> bool {
+        self.address == inst.address() && self.conn.same_transport(inst)
     }
 
     /// Whether the endpoint can be connected to, as far as the client knows.

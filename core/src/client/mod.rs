@@ -65,6 +65,7 @@
 mod body;
 mod builder;
 mod call;
+mod conn;
 mod connect;
 mod eligibility;
 mod endpoint;
@@ -74,7 +75,9 @@ mod hedge;
 mod reconnect;
 mod snapshot;
 
-pub use builder::{ClientBuilder, ClientError, DEFAULT_HASH_HEADER, DEFAULT_STATS_RETENTION};
+pub use builder::{
+    ClientBuilder, ClientError, DEFAULT_HASH_HEADER, DEFAULT_IDLE_TIMEOUT, DEFAULT_STATS_RETENTION,
+};
 
 /// The `instance` label of per-instance metric series when the client is
 /// built with [`ClientBuilder::instance_label`] off.
@@ -212,12 +215,15 @@ impl Shared {
     }
 }
 
-/// Aborts the discovery task when the last client clone goes away.
-struct TaskGuard(JoinHandle<()>);
+/// Aborts the client's background tasks (discovery, idle sweep) when the
+/// last client clone goes away.
+struct TaskGuard(Vec<JoinHandle<()>>);
 
 impl Drop for TaskGuard {
     fn drop(&mut self) {
-        self.0.abort();
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -322,6 +328,7 @@ impl Client {
                     }),
                     healthy: core.is_some_and(|c| c.is_healthy()),
                     reachable: core.is_some_and(|c| c.is_reachable()),
+                    connected: core.is_some_and(|c| c.conn.is_open()),
                     ejected_for: core.map_or_else(Vec::new, |c| {
                         c.state
                             .causes(&*c.breaker)

@@ -201,7 +201,7 @@ impl Index {
             }
             match slot.and_then(|s| endpoints.get(s.index)) {
                 None => diff.added.push(inst),
-                Some(current) if current.core.address == inst.address() => diff.changed.push(inst),
+                Some(current) if current.core.same_connection(&inst) => diff.changed.push(inst),
                 Some(current) => {
                     diff.removed.push(current.core.id.clone());
                     diff.added.push(inst);
@@ -234,10 +234,11 @@ impl Index {
             let Some(current) = endpoints.get(slot.index) else {
                 continue;
             };
-            if current.core.address == inst.address() {
+            if current.core.same_connection(&inst) {
                 diff.changed.push(inst);
             } else {
-                // A new address is a new endpoint (channel, breaker, load).
+                // A new address or transport is a new endpoint (channel,
+                // breaker, load).
                 diff.removed.push(current.core.id.clone());
                 diff.added.push(inst);
             }

@@ -27,14 +27,19 @@
 //! A backend implements [`Registry`]; [`Registration`] is the handle that keeps
 //! one registration alive (lease keep-alive, TTL check) until
 //! [`Registration::shutdown`] deregisters it.
+//!
+//! To write one for another store, read [the guide](guide): what each method
+//! must do, the helpers to reuse, and how to run the conformance suite.
 
 mod background;
 mod backoff;
 mod memory;
 mod registration;
+mod shared;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
+pub mod guide;
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -48,6 +53,7 @@ pub use background::register_in_background;
 pub use backoff::RetryBackoff;
 pub use memory::{channel_stream, MemoryRegistry};
 pub use registration::{Registration, StopMode, StopSignal};
+pub use shared::{SharedWatches, DEFAULT_SHARED_BUFFER};
 
 /// Default time-to-live of a registration whose keep-alive stops.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
@@ -191,7 +197,8 @@ impl RegisterOptions {
     }
 }
 
-/// A service registry: etcd, Consul, a static list, or your own.
+/// A service registry: etcd, Consul, a static list, a file, or your own
+/// ([how to write one](guide)).
 ///
 /// # The life of a registration
 ///

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use fyerrpc_demo::client::{self, ClientArgs, Console, Output};
+use fyerrpc_demo::client::{self, ClientArgs, Console, Output, Scenario};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -11,11 +11,20 @@ async fn main() -> ExitCode {
     fyerrpc_demo::logging::init("warn");
     let output = args.output;
     let console = Console::new(output == Output::Json);
-    match client::run(args, console).await {
-        Ok(report) => {
+    let printed = if args.scenario == Scenario::Compare {
+        client::compare::run(&args, console)
+            .await
+            .map(|c| (c.to_json(), c.to_table()))
+    } else {
+        client::run(args, console)
+            .await
+            .map(|r| (r.to_json(), r.to_table()))
+    };
+    match printed {
+        Ok((json, table)) => {
             match output {
-                Output::Json => println!("{}", report.to_json()),
-                Output::Table => print!("{}", report.to_table()),
+                Output::Json => println!("{json}"),
+                Output::Table => print!("{table}"),
             }
             ExitCode::SUCCESS
         }

@@ -34,6 +34,9 @@ pub enum Scenario {
     Concurrent,
     /// --requests calls with --concurrency in flight.
     Load,
+    /// Each of --balancers in turn, for --duration with --concurrency in
+    /// flight, through a fresh client: one table (and --plot).
+    Compare,
 }
 
 impl Scenario {
@@ -46,6 +49,7 @@ impl Scenario {
             Self::Breaker => "breaker",
             Self::Concurrent => "concurrent",
             Self::Load => "load",
+            Self::Compare => "compare",
         }
     }
 }
@@ -145,7 +149,8 @@ pub struct ClientArgs {
     /// Calls of the load scenario.
     #[arg(long, default_value_t = 1000, value_parser = flags::positive)]
     pub requests: u64,
-    /// Run the load scenario for this long instead of a number of calls.
+    /// Run the load scenario for this long instead of a number of calls;
+    /// in the compare scenario, how long each policy runs [default: 10s].
     #[arg(long, value_parser = flags::positive_duration, conflicts_with = "requests")]
     pub duration: Option<Duration>,
     /// Calls in flight in the load scenario.
@@ -182,6 +187,15 @@ pub struct ClientArgs {
     #[cfg(feature = "tls")]
     #[command(flatten)]
     pub tls: crate::tls::ClientTlsArgs,
+
+    /// Policies of the compare scenario, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = parse_balancer,
+        default_value = "round_robin,random,least_request,peak_ewma,ring_hash")]
+    pub balancers: Vec<String>,
+    /// Compare scenario: also write a chart of the latency distribution and
+    /// the share of calls per instance to this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<std::path::PathBuf>,
 
     /// Final metrics format.
     #[arg(long, value_enum, default_value_t = Output::Table)]
@@ -315,6 +329,19 @@ mod tests {
         assert_eq!(a.duration, Some(Duration::from_secs(8)));
         assert!(a.hedging().is_none());
         assert!(a.failover().hedging.is_empty());
+        assert_eq!(a.balancers.len(), 5);
+        assert_eq!(a.plot, None);
+        let a = parse(&[
+            "--scenario",
+            "compare",
+            "--balancers",
+            "rr,p2c",
+            "--plot",
+            "x.svg",
+        ])
+        .unwrap();
+        assert_eq!(a.scenario, Scenario::Compare);
+        assert_eq!(a.balancers, ["round_robin", "least_request"]);
     }
 
     #[test]
@@ -368,6 +395,7 @@ mod tests {
             &["--hedge-percentile", "0"],
             &["--hedge-max-attempts", "1"],
             &["--hedge-max-attempts", "6"],
+            &["--balancers", "round_robin,fastest"],
             #[cfg(feature = "tls")]
             &["--tls-cert", "c.pem", "--tls-key", "k.pem"],
             #[cfg(feature = "tls")]

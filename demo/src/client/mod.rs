@@ -3,13 +3,16 @@
 //!
 //! [`run`] builds the client from [`ClientArgs`], waits for instances, runs
 //! the chosen [`Scenario`] and returns the [`Report`]; the binary prints it
-//! as a table or as JSON.
+//! as a table or as JSON. The compare scenario runs through
+//! [`compare::run`] instead and returns a [`Comparison`].
 
+pub mod compare;
 pub mod config;
 pub mod console;
 pub mod report;
 pub mod scenario;
 
+pub use compare::Comparison;
 pub use config::{ClientArgs, Output, Scenario};
 pub use console::Console;
 pub use report::{Phase, Report, Tally};
@@ -35,6 +38,9 @@ pub enum ClientRunError {
     /// The balancer name is unknown.
     #[error(transparent)]
     Balancer(fyerrpc::balance::UnknownPolicy),
+    /// The compare scenario's chart could not be written.
+    #[error(transparent)]
+    Plot(#[from] compare::PlotError),
     /// The TLS flags do not give usable settings.
     #[cfg(feature = "tls")]
     #[error(transparent)]

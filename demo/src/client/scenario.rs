@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use fyerrpc::breaker::BreakerState;
 use fyerrpc::client::BreakerEvent;
-use fyerrpc::metrics::LatencyHistogram;
 use fyerrpc::Client;
 use tonic::{Request, Status};
 
@@ -106,7 +105,9 @@ impl Runner {
         self.phases
     }
 
-    /// Runs `scenario`.
+    /// Runs `scenario`. The compare scenario needs a client per policy
+    /// ([`super::compare::run`]); given to a runner, it runs one load
+    /// phase with the runner's client.
     pub async fn run(&mut self, scenario: Scenario) {
         match scenario {
             Scenario::All => {
@@ -119,7 +120,7 @@ impl Runner {
             Scenario::Failover => self.failover().await,
             Scenario::Breaker => self.breaker().await,
             Scenario::Concurrent => self.concurrent().await,
-            Scenario::Load => self.load().await,
+            Scenario::Load | Scenario::Compare => self.load().await,
         }
     }
 
@@ -289,65 +290,35 @@ impl Runner {
     /// in flight; prints calls/s and the phase's p50/p99.
     pub async fn load(&mut self) {
         let workers = self.args.concurrency;
-        let duration = self.args.duration;
-        let total = if duration.is_some() {
-            u64::MAX
-        } else {
-            self.args.requests
+        let limit = match self.args.duration {
+            Some(d) => LoadLimit::For(d),
+            None => LoadLimit::Calls(self.args.requests),
         };
-        match duration {
-            Some(d) => self.say(format!(
+        match limit {
+            LoadLimit::For(d) => self.say(format!(
                 "\n=== Load: calls for {}, {workers} in flight ===",
                 humantime::format_duration(d)
             )),
-            None => self.say(format!(
+            LoadLimit::Calls(total) => self.say(format!(
                 "\n=== Load: {total} calls, {workers} in flight ==="
             )),
         }
         let start = self.begin();
-        let until = duration.map(|d| Instant::now() + d);
-        let next = Arc::new(AtomicU64::new(0));
-        let latency = Arc::new(LatencyHistogram::new());
-        let progress = Arc::new(
-            self.console
-                .progress("load", if until.is_some() { 0 } else { total }),
-        );
-        let tasks: Vec<_> = (0..workers.min(total))
-            .map(|_| {
-                let mut greet = GreetServiceClient::new(self.client.clone());
-                let (next, counter, progress, latency) = (
-                    Arc::clone(&next),
-                    Arc::clone(&self.greetings),
-                    Arc::clone(&progress),
-                    Arc::clone(&latency),
-                );
-                tokio::spawn(async move {
-                    loop {
-                        if until.is_some_and(|u| Instant::now() >= u) {
-                            break;
-                        }
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= total {
-                            break;
-                        }
-                        let t0 = Instant::now();
-                        let result =
-                            say_hello(&mut greet, format!("LoadUser{}", i % 100), None).await;
-                        latency.record(t0.elapsed());
-                        counter.record(result.is_ok());
-                        progress.step();
-                    }
-                })
-            })
-            .collect();
-        for task in tasks {
-            if let Err(e) = task.await {
-                self.say(format!("  worker failed: {e}"));
-            }
+        let mut samples = drive_load(
+            &self.client,
+            workers,
+            limit,
+            &self.console,
+            "load",
+            Some(Arc::clone(&self.greetings)),
+        )
+        .await;
+        if samples.worker_failures > 0 {
+            self.say(format!("  {} worker(s) failed", samples.worker_failures));
         }
-        progress.finish();
         let phase = self.end("load", start);
         let secs = self.phases.last().map_or(0.0, |p| p.elapsed_seconds);
+        let [p50, p99] = samples.quantiles([0.5, 0.99]);
         self.say(format!(
             "  {} of {} calls succeeded in {secs:.2} s ({:.0} calls/s); {} failed ({:.3} %); \
              p50 {:.2} ms, p99 {:.2} ms",
@@ -356,8 +327,8 @@ impl Runner {
             phase.calls as f64 / secs.max(1e-9),
             phase.failed,
             100.0 * phase.failed as f64 / (phase.calls.max(1)) as f64,
-            latency.quantile(0.5).as_secs_f64() * 1e3,
-            latency.quantile(0.99).as_secs_f64() * 1e3,
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
         ));
     }
 
@@ -449,6 +420,156 @@ async fn say_hello(
     greet.say_hello(request).await.map(|r| r.into_inner())
 }
 
+/// How long a load run lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadLimit {
+    /// This many calls in all.
+    Calls(u64),
+    /// Calls until this much time has passed.
+    For(Duration),
+}
+
+/// What a load run measured.
+#[derive(Debug, Default, Clone)]
+pub struct LoadSamples {
+    /// Calls that succeeded.
+    pub ok: u64,
+    /// Calls that failed (after the client's retries).
+    pub failed: u64,
+    /// The latency of every call, failed ones included, unordered.
+    pub latencies: Vec<Duration>,
+    /// Successful calls by the server that answered (as its greeting
+    /// names it).
+    pub answered: BTreeMap<String, u64>,
+    /// From the first call to the end of the last.
+    pub elapsed: Duration,
+    /// Worker tasks that panicked (their calls are lost).
+    pub worker_failures: u64,
+}
+
+impl LoadSamples {
+    /// All calls made.
+    pub fn calls(&self) -> u64 {
+        self.ok + self.failed
+    }
+
+    fn merge(&mut self, other: LoadSamples) {
+        self.ok += other.ok;
+        self.failed += other.failed;
+        self.latencies.extend(other.latencies);
+        for (server, n) in other.answered {
+            *self.answered.entry(server).or_default() += n;
+        }
+    }
+
+    /// Sorts the latencies (later quantiles are then cheap).
+    pub fn sort(&mut self) {
+        self.latencies.sort_unstable();
+    }
+
+    /// The latencies at quantiles `qs` (each in `0..=1`, nearest rank),
+    /// zero when no call was made.
+    pub fn quantiles<const N: usize>(&mut self, qs: [f64; N]) -> [Duration; N] {
+        self.sort();
+        qs.map(|q| nearest_rank(&self.latencies, q))
+    }
+}
+
+/// The value at quantile `q` of `sorted` by nearest rank (zero if empty).
+pub fn nearest_rank(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (q.clamp(0.0, 1.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Runs `SayHello` calls through `client` with `workers` in flight until
+/// `limit`, each call named after one of 100 users (also sent as the
+/// client's hash key, so that hashing policies have keys to hash). Every
+/// call is counted in `counter` if given; progress is drawn under `label`.
+pub async fn drive_load(
+    client: &Client,
+    workers: u64,
+    limit: LoadLimit,
+    console: &Console,
+    label: &str,
+    counter: Option<Arc<Counter>>,
+) -> LoadSamples {
+    let (total, until) = match limit {
+        LoadLimit::Calls(n) => (n, None),
+        LoadLimit::For(d) => (u64::MAX, Some(Instant::now() + d)),
+    };
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let progress = Arc::new(console.progress(label, if until.is_some() { 0 } else { total }));
+    let tasks: Vec<_> = (0..workers.min(total))
+        .map(|_| {
+            let mut greet = GreetServiceClient::new(client.clone());
+            let (next, counter, progress) =
+                (Arc::clone(&next), counter.clone(), Arc::clone(&progress));
+            tokio::spawn(async move {
+                let mut mine = LoadSamples::default();
+                loop {
+                    if until.is_some_and(|u| Instant::now() >= u) {
+                        break;
+                    }
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        break;
+                    }
+                    let user = format!("LoadUser{}", i % 100);
+                    let t0 = Instant::now();
+                    let result = keyed_hello(&mut greet, user).await;
+                    mine.latencies.push(t0.elapsed());
+                    match &result {
+                        Ok(reply) => {
+                            mine.ok += 1;
+                            *mine.answered.entry(server_of(&reply.message)).or_default() += 1;
+                        }
+                        Err(_) => mine.failed += 1,
+                    }
+                    if let Some(c) = &counter {
+                        c.record(result.is_ok());
+                    }
+                    progress.step();
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut samples = LoadSamples::default();
+    for task in tasks {
+        match task.await {
+            Ok(mine) => samples.merge(mine),
+            Err(e) => {
+                tracing::warn!(error = %e, "load worker failed");
+                samples.worker_failures += 1;
+            }
+        }
+    }
+    progress.finish();
+    samples.elapsed = started.elapsed();
+    samples
+}
+
+/// One `SayHello` for `name`, with `name` as the hash key.
+async fn keyed_hello(
+    greet: &mut GreetServiceClient<Client>,
+    name: String,
+) -> Result<HelloResponse, Status> {
+    let mut request = Request::new(HelloRequest {
+        name,
+        greeting: "Hello".into(),
+    });
+    if let Ok(key) = request.get_ref().name.parse() {
+        request
+            .metadata_mut()
+            .insert(fyerrpc::client::DEFAULT_HASH_HEADER, key);
+    }
+    greet.say_hello(request).await.map(|r| r.into_inner())
+}
+
 /// The server id in a greeting (`"... (from server-A)"`), or `unknown`.
 fn server_of(message: &str) -> String {
     message
@@ -466,5 +587,20 @@ mod tests {
     fn finds_the_answering_server() {
         assert_eq!(server_of("Hello, Ann! (from server-A)"), "server-A");
         assert_eq!(server_of("Hi"), "unknown");
+    }
+
+    #[test]
+    fn quantiles_by_nearest_rank() {
+        let ms = Duration::from_millis;
+        let mut s = LoadSamples {
+            latencies: (1..=100).rev().map(ms).collect(),
+            ..LoadSamples::default()
+        };
+        assert_eq!(
+            s.quantiles([0.0, 0.5, 0.9, 0.99, 1.0]),
+            [ms(1), ms(50), ms(90), ms(99), ms(100)]
+        );
+        assert_eq!(nearest_rank(&[], 0.5), Duration::ZERO);
+        assert_eq!(nearest_rank(&[ms(7)], 0.99), ms(7));
     }
 }

@@ -38,6 +38,12 @@ pub struct ServerArgs {
     /// Probability (0..1) that any call fails.
     #[arg(long, default_value_t = 0.0, value_parser = flags::rate)]
     pub fail_rate: f64,
+    /// Delay added to every SayHello call, e.g. 20ms (0: none).
+    #[arg(long, env = "FYERRPC_LATENCY", default_value = "0s", value_parser = flags::duration)]
+    pub latency: Duration,
+    /// Random extra delay per call, uniform between 0 and this.
+    #[arg(long, env = "FYERRPC_LATENCY_JITTER", default_value = "0s", value_parser = flags::duration)]
+    pub latency_jitter: Duration,
     /// Registry backend and its connection options.
     #[command(flatten)]
     pub registry: RegistryArgs,
@@ -114,6 +120,8 @@ impl ServerArgs {
             fail_after: self.fail_after,
             fail_duration: self.fail_duration,
             fail_rate: self.fail_rate,
+            latency: self.latency,
+            latency_jitter: self.latency_jitter,
         }
     }
 
@@ -147,6 +155,10 @@ mod tests {
         assert_eq!(a.fail_duration, Duration::from_secs(10));
         assert_eq!(a.registry.registry, crate::registry::RegistryKind::Static);
         assert!(!a.register_in_background);
+        assert_eq!(a.faults().delay(), Duration::ZERO);
+        let a = parse(&["--latency", "20ms", "--latency-jitter", "5ms"]).unwrap();
+        assert_eq!(a.faults().latency, Duration::from_millis(20));
+        assert_eq!(a.faults().latency_jitter, Duration::from_millis(5));
         assert_eq!(a.health_host, IpAddr::V4(Ipv4Addr::LOCALHOST));
         let a = parse(&["--port", "0", "--register-in-background"]).unwrap();
         assert!(a.register_in_background);
@@ -171,6 +183,8 @@ mod tests {
             &["--registry", "zookeeper"],
             &["--fail-after", "-3"],
             &["--health-host", "somewhere"],
+            &["--latency", "fast"],
+            &["--latency-jitter", "-1ms"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }

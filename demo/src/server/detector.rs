@@ -1,12 +1,15 @@
 //! [`HealthDetector`]: the fault injection of the example's servers.
 //!
-//! Two independent faults, both applied to `SayHello` calls only (never to
+//! Three independent faults, all applied to `SayHello` calls only (never to
 //! health checks or statistics):
 //!
 //! * **failure window**: after `fail_after` calls the server fails every call
 //!   for `fail_duration`, then recovers and starts counting again;
 //! * **random failures**: outside a window, each call fails with probability
 //!   `fail_rate`.
+//! * **latency**: every call waits `latency` plus a uniform random extra of
+//!   up to `latency_jitter` before it is answered (or failed), on a timer,
+//!   without holding a runtime thread.
 //!
 //! While a window is open the server reports itself unhealthy: `GET /health`
 //! answers 503 "DOWN" and the [`HealthFlag`] (mirrored into
@@ -29,6 +32,23 @@ pub struct FaultConfig {
     pub fail_duration: Duration,
     /// Probability in `0..=1` that a call outside a window fails.
     pub fail_rate: f64,
+    /// Delay added to every call.
+    #[serde(with = "as_humantime")]
+    pub latency: Duration,
+    /// Largest random extra delay (uniform in `0..=latency_jitter`).
+    #[serde(with = "as_humantime")]
+    pub latency_jitter: Duration,
+}
+
+impl FaultConfig {
+    /// The delay of one call: `latency` plus a uniform random part of
+    /// `latency_jitter`.
+    pub fn delay(&self) -> Duration {
+        if self.latency_jitter.is_zero() {
+            return self.latency;
+        }
+        self.latency + self.latency_jitter.mul_f64(fastrand::f64())
+    }
 }
 
 /// Why a call was failed on purpose.
@@ -201,6 +221,7 @@ mod tests {
             fail_after,
             fail_duration: Duration::from_secs(secs),
             fail_rate: rate,
+            ..FaultConfig::default()
         };
         (HealthDetector::new(config, flag.clone()), flag)
     }
@@ -243,5 +264,20 @@ mod tests {
         let (some, _) = detector(0, 0, 0.5);
         let failed = (0..2000).filter(|_| some.on_call().is_err()).count();
         assert!((800..1200).contains(&failed), "{failed}");
+    }
+
+    #[test]
+    fn the_delay_is_the_latency_plus_a_share_of_the_jitter() {
+        let mut c = FaultConfig::default();
+        assert_eq!(c.delay(), Duration::ZERO);
+        c.latency = Duration::from_millis(20);
+        assert_eq!(c.delay(), Duration::from_millis(20));
+        c.latency_jitter = Duration::from_millis(10);
+        let delays: Vec<Duration> = (0..1000).map(|_| c.delay()).collect();
+        let (lo, hi) = (Duration::from_millis(20), Duration::from_millis(30));
+        assert!(delays.iter().all(|d| (lo..=hi).contains(d)));
+        // Spread over the range, not stuck at one end.
+        assert!(delays.iter().any(|d| *d < Duration::from_millis(23)));
+        assert!(delays.iter().any(|d| *d > Duration::from_millis(27)));
     }
 }

@@ -13,9 +13,11 @@ use crate::proto::{GreetService, HelloRequest, HelloResponse, StatsRequest, Stat
 
 /// The `GreetService` implementation a greet server serves.
 ///
-/// `SayHello` asks the [`HealthDetector`] first: a call it fails returns
-/// `Unavailable` with `service <id> is currently unavailable` and is not
-/// counted in the statistics. `GetGreetStats` is never failed on purpose.
+/// `SayHello` first waits the configured latency (`--latency`, plus
+/// jitter) on a tokio timer, then asks the [`HealthDetector`]: a call it
+/// fails returns `Unavailable` with `service <id> is currently unavailable`
+/// and is not counted in the statistics. `GetGreetStats` is never delayed
+/// or failed on purpose.
 #[derive(Debug, Clone)]
 pub struct GreetServer {
     id: Arc<str>,
@@ -60,6 +62,10 @@ impl GreetService for GreetServer {
         request: Request<HelloRequest>,
     ) -> Result<Response<HelloResponse>, Status> {
         let start = Instant::now();
+        let delay = self.detector.config().delay();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let result = self.greet(request.get_ref());
         let code = result
             .as_ref()
