@@ -64,6 +64,12 @@ pub const CLIENT_PANIC_PICKS: &str = "fyerrpc_client_panic_picks_total";
 /// reached a server (no connection, refused stream, above a GOAWAY), by
 /// `service`. They spend no retry budget.
 pub const CLIENT_TRANSPARENT_RETRIES: &str = "fyerrpc_client_transparent_retries_total";
+/// Counter: hedged attempts (copies of a slow call sent to another
+/// instance), by `service`, `method` and `outcome`: `sent` (a copy went
+/// out), `won` (a copy's answer was the call's), `cancelled` (an attempt of
+/// a hedged call, the first included, was cancelled because another one
+/// answered first). `sent` over the method's requests is the extra load.
+pub const CLIENT_HEDGES: &str = "fyerrpc_client_hedges_total";
 /// Counter: active health check results, by `service`, `instance` and
 /// `result` (`serving`, `not_serving`, `unknown_service`: the server does not
 /// know the checked name, `unimplemented`: no health service, checking
@@ -90,6 +96,7 @@ pub struct LatencyHistogram {
     buckets: Box<[AtomicU64]>,
     count: AtomicU64,
     sum_nanos: AtomicU64,
+    max_nanos: AtomicU64,
 }
 
 const SUB_BUCKETS: f64 = 4.0;
@@ -109,6 +116,7 @@ impl LatencyHistogram {
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             count: AtomicU64::new(0),
             sum_nanos: AtomicU64::new(0),
+            max_nanos: AtomicU64::new(0),
         }
     }
 
@@ -130,6 +138,12 @@ impl LatencyHistogram {
         self.buckets[Self::index(nanos as f64)].fetch_add(1, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.max_nanos.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    /// The largest sample (exact; zero when empty).
+    pub fn max(&self) -> Duration {
+        Duration::from_nanos(self.max_nanos.load(Ordering::Relaxed))
     }
 
     /// Samples recorded.
@@ -196,6 +210,12 @@ pub struct ClientCounters {
     pub panic_picks: AtomicU64,
     /// Attempts re-sent because the previous one never reached a server.
     pub transparent_retries: AtomicU64,
+    /// Hedged copies sent (attempts of hedged calls after the first).
+    pub hedges_sent: AtomicU64,
+    /// Hedged copies whose answer was the call's.
+    pub hedges_won: AtomicU64,
+    /// Attempts of hedged calls cancelled because another one answered.
+    pub hedges_cancelled: AtomicU64,
     /// Whole-call latency.
     pub latency: LatencyHistogram,
 }
@@ -258,6 +278,13 @@ pub struct Stats {
     pub panic_picks: u64,
     /// Attempts re-sent because the previous one never reached a server.
     pub transparent_retries: u64,
+    /// Hedged copies sent (attempts of hedged calls after the first): the
+    /// extra load of hedging.
+    pub hedges_sent: u64,
+    /// Hedged copies whose answer was the call's.
+    pub hedges_won: u64,
+    /// Attempts of hedged calls cancelled because another one answered.
+    pub hedges_cancelled: u64,
     /// Mean call latency.
     #[serde(serialize_with = "as_secs")]
     pub avg_latency: Duration,
@@ -267,6 +294,9 @@ pub struct Stats {
     /// 99th percentile call latency (bucket upper bound).
     #[serde(serialize_with = "as_secs")]
     pub p99_latency: Duration,
+    /// Longest call (exact).
+    #[serde(serialize_with = "as_secs")]
+    pub max_latency: Duration,
     /// Per-instance stats, by id.
     pub instances: Vec<InstanceStats>,
 }
@@ -289,9 +319,13 @@ impl ClientCounters {
             breaker_trips: get(&self.breaker_trips),
             panic_picks: get(&self.panic_picks),
             transparent_retries: get(&self.transparent_retries),
+            hedges_sent: get(&self.hedges_sent),
+            hedges_won: get(&self.hedges_won),
+            hedges_cancelled: get(&self.hedges_cancelled),
             avg_latency: self.latency.mean(),
             p50_latency: self.latency.quantile(0.5),
             p99_latency: self.latency.quantile(0.99),
+            max_latency: self.latency.max(),
             instances,
         }
     }
@@ -312,6 +346,7 @@ mod tests {
         let p99 = h.quantile(0.99).as_secs_f64();
         assert!((0.099..=0.099 * 1.2).contains(&p99), "{p99}");
         assert_eq!(h.count(), 100);
+        assert_eq!(h.max(), Duration::from_millis(100));
         assert!((h.mean().as_secs_f64() - 0.0505).abs() < 1e-6);
         assert_eq!(LatencyHistogram::new().quantile(0.5), Duration::ZERO);
     }

@@ -185,6 +185,18 @@ const CONTRACT: &[Metric] = &[
         emitted: false,
     },
     Metric {
+        name: m::CLIENT_HEDGES,
+        kind: Kind::Counter,
+        labels: &[
+            Label::free("service"),
+            Label::free("method"),
+            Label::one_of("outcome", &["sent", "won", "cancelled"]),
+        ],
+        // Emitted only for methods with a hedging policy; the hedging
+        // suite makes hedges, this scenario does not.
+        emitted: false,
+    },
+    Metric {
         name: m::CLIENT_HEALTH_CHECKS,
         kind: Kind::Counter,
         labels: &[

@@ -377,7 +377,23 @@ impl ClientBuilder {
             super::reconnect::backoff(self.config.reconnect_base, self.config.reconnect_max);
         let empty = Snapshot::empty(&*self.config.balancer);
         let service: Arc<str> = Arc::from(self.service);
+        let hedges = if f.enabled {
+            f.hedging
+                .iter()
+                .map(|(method, policy)| {
+                    let hedge = super::hedge::MethodHedge::new(
+                        Arc::clone(&service),
+                        method,
+                        policy.clone(),
+                    );
+                    (Box::from(method.as_str()), Arc::new(hedge))
+                })
+                .collect()
+        } else {
+            Default::default()
+        };
         let shared = Arc::new(Shared {
+            hedges,
             method_metrics: super::handles::MethodTable::new(Arc::clone(&service)),
             gauges: super::events::EndpointGauges::new(Arc::clone(&service)),
             service,

@@ -56,36 +56,36 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct WaitForReady;
 
 /// Endpoints this call has tried, by core identity.
-struct Tried(Vec<Arc<EndpointCore>>);
+pub(super) struct Tried(pub(super) Vec<Arc<EndpointCore>>);
 
 impl Tried {
-    fn contains(&self, core: &Arc<EndpointCore>) -> bool {
+    pub(super) fn contains(&self, core: &Arc<EndpointCore>) -> bool {
         self.0.iter().any(|c| Arc::ptr_eq(c, core))
     }
 }
 
 /// The per-call facts every attempt needs.
-struct CallCtx {
+pub(super) struct CallCtx {
     /// The interned method (its path, idempotence and metric handles).
-    method: Arc<MethodEntry>,
+    pub(super) method: Arc<MethodEntry>,
     hash: Option<u64>,
     /// When the call must end (`None`: no deadline).
-    deadline: Option<Instant>,
-    started: Instant,
+    pub(super) deadline: Option<Instant>,
+    pub(super) started: Instant,
     idempotent: bool,
-    wait_for_ready: bool,
+    pub(super) wait_for_ready: bool,
 }
 
 /// The last failed attempt, whose real status ends the call if no other
 /// attempt is made.
-struct LastFailure {
-    outcome: Outcome,
-    response: Option<Response<Body>>,
-    core: Arc<EndpointCore>,
+pub(super) struct LastFailure {
+    pub(super) outcome: Outcome,
+    pub(super) response: Option<Response<Body>>,
+    pub(super) core: Arc<EndpointCore>,
 }
 
 impl LastFailure {
-    fn into_response(self) -> Response<Body> {
+    pub(super) fn into_response(self) -> Response<Body> {
         self.response.unwrap_or_else(|| {
             Status::new(
                 self.outcome.code(),
@@ -110,14 +110,14 @@ fn failure_message(outcome: Outcome, id: &str, address: &str) -> String {
 
 /// A picked endpoint and what its breaker granted (`None`: picked in panic
 /// mode past a breaker that granted nothing).
-struct Picked {
-    endpoint: Endpoint,
-    index: usize,
-    permit: Option<Permit>,
+pub(super) struct Picked {
+    pub(super) endpoint: Endpoint,
+    pub(super) index: usize,
+    pub(super) permit: Option<Permit>,
 }
 
 /// Why no endpoint was picked.
-enum NoPick {
+pub(super) enum NoPick {
     /// The snapshot is empty.
     NoneKnown,
     /// Every known endpoint is unreachable.
@@ -165,6 +165,15 @@ pub(crate) async fn call(
         Ok(r) => r,
         Err(status) => return Ok(finish_call(&shared, &ctx, status.into_http())),
     };
+    // Hedged methods take their own path; every other call pays one
+    // emptiness check for it.
+    if !shared.hedges.is_empty() && replay.can_replay() {
+        if let Some(hedge) = shared.hedges.get(ctx.method.path()) {
+            let hedge = Arc::clone(hedge);
+            let hedged = super::hedge::call(shared, ctx, parts, replay, hedge);
+            return Ok(Box::pin(hedged).await);
+        }
+    }
 
     let max_attempts = shared.config.failover.max_attempts();
     let mut tried = Tried(Vec::new());
@@ -333,14 +342,14 @@ fn is_retryable(shared: &Shared, ctx: &CallCtx, outcome: Outcome) -> bool {
     }
 }
 
-fn release(core: &EndpointCore, permit: Option<Permit>) {
+pub(super) fn release(core: &EndpointCore, permit: Option<Permit>) {
     if let Some(p) = permit {
         core.breaker.release(p);
     }
 }
 
 /// The status of a call that found no endpoint to try.
-fn no_pick_status(shared: &Shared, snap: &Snapshot, why: NoPick) -> Status {
+pub(super) fn no_pick_status(shared: &Shared, snap: &Snapshot, why: NoPick) -> Status {
     match why {
         NoPick::NoneKnown => {
             Status::unavailable(format!("no instance of {} is known", shared.service))
@@ -381,7 +390,7 @@ fn no_pick_status(shared: &Shared, snap: &Snapshot, why: NoPick) -> Status {
 
 /// Waits until an endpoint may have become eligible, within the deadline.
 /// Returns false when the deadline passed first.
-async fn wait_for_eligible(shared: &Shared, ctx: &CallCtx) -> bool {
+pub(super) async fn wait_for_eligible(shared: &Shared, ctx: &CallCtx) -> bool {
     let notified = shared.became_eligible.notified();
     tokio::pin!(notified);
     notified.as_mut().enable();
@@ -401,7 +410,7 @@ async fn wait_for_eligible(shared: &Shared, ctx: &CallCtx) -> bool {
 }
 
 /// Whether some reachable, eligible endpoint has not been tried by this call.
-fn has_untried_eligible(shared: &Shared, snap: &Snapshot, tried: &Tried) -> bool {
+pub(super) fn has_untried_eligible(shared: &Shared, snap: &Snapshot, tried: &Tried) -> bool {
     let panic = shared
         .tally
         .panic(snap.endpoints.len(), shared.config.max_ejection_ratio);
@@ -411,7 +420,7 @@ fn has_untried_eligible(shared: &Shared, snap: &Snapshot, tried: &Tried) -> bool
 }
 
 /// Picks an eligible endpoint and claims a breaker permit on it.
-fn acquire(
+pub(super) fn acquire(
     shared: &Arc<Shared>,
     snap: &Snapshot,
     ctx: &CallCtx,
@@ -569,7 +578,7 @@ const INLINE_HEADERS: usize = 8;
 /// `Protocol`, for extended `CONNECT`, which gRPC does not use. Copying them
 /// (tonic-generated clients always add `GrpcMethod`) would cost three
 /// allocations per call for nothing, so only the first attempt carries them.
-struct KeptHead {
+pub(super) struct KeptHead {
     method: http::Method,
     uri: http::Uri,
     version: http::Version,
@@ -585,7 +594,7 @@ enum KeptHeaders {
 }
 
 impl KeptHead {
-    fn keep(parts: &http::request::Parts) -> Self {
+    pub(super) fn keep(parts: &http::request::Parts) -> Self {
         let headers = if parts.headers.len() <= INLINE_HEADERS {
             let mut inline: [Option<(http::HeaderName, HeaderValue)>; INLINE_HEADERS] =
                 std::array::from_fn(|_| None);
@@ -605,7 +614,7 @@ impl KeptHead {
     }
 
     /// The request of a later attempt.
-    fn request(&self, body: Body, timeout: Option<Duration>) -> Request<Body> {
+    pub(super) fn request(&self, body: Body, timeout: Option<Duration>) -> Request<Body> {
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
@@ -627,7 +636,7 @@ impl KeptHead {
     }
 }
 
-fn set_timeout(req: &mut Request<Body>, timeout: Option<Duration>) {
+pub(super) fn set_timeout(req: &mut Request<Body>, timeout: Option<Duration>) {
     if let Some(v) = timeout.and_then(grpc_timeout_value) {
         req.headers_mut().insert(GRPC_TIMEOUT.clone(), v);
     }
@@ -703,7 +712,7 @@ fn grpc_timeout_value(d: Duration) -> Option<HeaderValue> {
 /// Sends one attempt. Returns the outcome when it is known from the headers
 /// (with the response, if any, recorded); `None` with the response when the
 /// status will come in trailers (the caller observes it).
-async fn send(
+pub(super) async fn send(
     shared: &Arc<Shared>,
     picked: &Picked,
     picker: &Arc<dyn Picker>,
@@ -773,7 +782,7 @@ impl Drop for Cancelled<'_> {
 /// Wraps a streaming response so that its end records the attempt and the
 /// call. It keeps only its own endpoint (and the picker for feedback) alive,
 /// not the snapshot.
-fn observe(
+pub(super) fn observe(
     shared: Arc<Shared>,
     ctx: CallCtx,
     picked: Picked,
@@ -907,7 +916,7 @@ fn note_retry(shared: &Shared, ctx: &CallCtx, prev: Option<&Arc<EndpointCore>>, 
 }
 
 /// Records a finished call whose status is in the response headers.
-fn finish_call(shared: &Shared, ctx: &CallCtx, resp: Response<Body>) -> Response<Body> {
+pub(super) fn finish_call(shared: &Shared, ctx: &CallCtx, resp: Response<Body>) -> Response<Body> {
     let code = classify::grpc_status(resp.headers()).unwrap_or(Code::Ok);
     record_call(shared, &ctx.method, ctx.started, code);
     resp

@@ -47,6 +47,11 @@
 //!   one (immediate failover), after the jittered backoff otherwise;
 //! * when retries stop, the call ends with the last attempt's real status.
 //!
+//! A method with a [hedging policy](crate::failover::hedge) takes another
+//! path: when its first attempt is slow to answer, copies go to other
+//! instances and the first answer wins (the others are cancelled). Calls of
+//! other methods pay nothing for it.
+//!
 //! Eligibility has one owner per endpoint, with its causes as fields:
 //! unreachable (hard evidence: never picked), breaker open, failing health
 //! checks (statistical: ignored in panic mode — open breakers when more than
@@ -66,6 +71,7 @@ mod eligibility;
 mod endpoint;
 mod events;
 mod handles;
+mod hedge;
 mod reconnect;
 mod snapshot;
 
@@ -153,6 +159,8 @@ pub(crate) struct Shared {
     instances: Mutex<InstanceBook>,
     ready: watch::Sender<usize>,
     method_metrics: handles::MethodTable,
+    /// The hedged methods, by path (empty: no call looks further).
+    hedges: FastMap<Box<str>, Arc<hedge::MethodHedge>>,
 }
 
 impl Shared {

@@ -31,15 +31,20 @@
 //! chosen by the [`Strategy`], after a jittered exponential [`Backoff`]. The
 //! caller's deadline (`grpc-timeout`) bounds everything: a retry whose backoff
 //! would pass it is not made.
+//!
+//! Methods safe to send twice may instead be *hedged* (see [`hedge`]): a
+//! copy goes to another instance when the first attempt is slow to answer.
 
 mod backoff;
 mod budget;
 pub mod classify;
+pub mod hedge;
 
 pub use backoff::Backoff;
 pub use budget::RetryBudget;
+pub use hedge::{HedgeDelay, HedgingPolicy, HedgingPolicyError};
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -94,6 +99,16 @@ pub enum FailoverConfigError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A method's hedging policy cannot work, or the method may not be
+    /// hedged.
+    #[error("invalid hedging policy for {method}: {source}")]
+    Hedging {
+        /// The method.
+        method: String,
+        /// What is wrong.
+        #[source]
+        source: HedgingPolicyError,
+    },
 }
 
 /// Failover (retry) policy. Defaults follow the seed framework's
@@ -134,6 +149,10 @@ pub struct FailoverConfig {
     pub budget_ttl: Duration,
     /// Largest request body kept for re-sending; larger requests are sent once.
     pub max_buffered_body: usize,
+    /// Hedging policies by method (`/Service/Method`); see [`hedge`]. A
+    /// method with a policy is hedged instead of retried. Not applied when
+    /// failover is disabled.
+    pub hedging: HashMap<String, HedgingPolicy>,
 }
 
 impl Default for FailoverConfig {
@@ -160,6 +179,7 @@ impl Default for FailoverConfig {
             budget_min_per_sec: 10,
             budget_ttl: Duration::from_secs(10),
             max_buffered_body: 64 * 1024,
+            hedging: HashMap::new(),
         }
     }
 }
@@ -234,6 +254,25 @@ impl FailoverConfig {
         self
     }
 
+    /// Hedges `method` (`/Service/Method`) with `policy`, replacing any
+    /// policy it had. The method must be declared idempotent (see
+    /// [`with_idempotent_methods`](Self::with_idempotent_methods)) or the
+    /// policy marked [`hedgeable`](HedgingPolicy::hedgeable); [`validate`](Self::validate)
+    /// checks it.
+    pub fn with_hedging(mut self, method: impl Into<String>, policy: HedgingPolicy) -> Self {
+        self.hedging.insert(method.into(), policy);
+        self
+    }
+
+    /// The hedging policy of `method`, if it is hedged.
+    pub fn hedging_policy(&self, method: &str) -> Option<&HedgingPolicy> {
+        if self.enabled {
+            self.hedging.get(method)
+        } else {
+            None
+        }
+    }
+
     /// Checks that the settings can work.
     pub fn validate(&self) -> Result<(), FailoverConfigError> {
         let bad = |name, reason| Err(FailoverConfigError::Invalid { name, reason });
@@ -254,6 +293,14 @@ impl FailoverConfig {
         }
         if self.attempt_timeout.is_some_and(|d| d.is_zero()) {
             return bad("attempt_timeout", "must be positive");
+        }
+        for (method, policy) in &self.hedging {
+            policy
+                .validate_for(method, self.is_idempotent(method))
+                .map_err(|source| FailoverConfigError::Hedging {
+                    method: method.clone(),
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -334,6 +381,28 @@ mod tests {
             .validate()
             .is_err());
         assert!("sideways".parse::<Strategy>().is_err());
+        let hedged = FailoverConfig::default()
+            .with_hedging("/S/Put", HedgingPolicy::fixed(Duration::from_millis(5)));
+        assert!(matches!(
+            hedged.validate(),
+            Err(FailoverConfigError::Hedging {
+                source: HedgingPolicyError::NotHedgeable(_),
+                ..
+            })
+        ));
+        assert!(hedged
+            .clone()
+            .with_idempotent_methods(["/S/Put"])
+            .validate()
+            .is_ok());
+        assert!(FailoverConfig::default()
+            .with_idempotent_methods(["/S/Get"])
+            .with_hedging(
+                "/S/Get",
+                HedgingPolicy::fixed(Duration::ZERO).with_max_attempts(9)
+            )
+            .validate()
+            .is_err());
         assert_eq!("Best".parse::<Strategy>().unwrap(), Strategy::Best);
     }
 }

@@ -42,6 +42,20 @@ pub struct Faults {
     pub fail_for_ms: AtomicU64,
     /// The end of the current failure window.
     pub fail_until: Mutex<Option<std::time::Instant>>,
+    /// Calls whose handling was dropped before it answered (the client
+    /// cancelled them: the stream was reset).
+    pub cancelled: AtomicU64,
+}
+
+/// Counts a call as cancelled when dropped before it is disarmed.
+struct CancelGuard(Option<Arc<Faults>>);
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 impl Faults {
@@ -236,6 +250,11 @@ impl TestServer {
         self.faults.calls.load(Ordering::SeqCst)
     }
 
+    /// Calls the server stopped handling because the client cancelled them.
+    pub fn cancelled(&self) -> u64 {
+        self.faults.cancelled.load(Ordering::SeqCst)
+    }
+
     /// Makes the server answer `Unavailable` (or heals it).
     pub fn set_failing(&self, failing: bool) {
         self.faults.failing.store(failing, Ordering::SeqCst);
@@ -299,10 +318,12 @@ where
         let mut inner = self.inner.clone();
         Box::pin(async move {
             let n = faults.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let mut guard = CancelGuard(Some(Arc::clone(&faults)));
             let delay = faults.delay_ms.load(Ordering::SeqCst);
             if delay > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
+            guard.0 = None;
             if faults.fails(n) {
                 return Ok(Status::unavailable("injected failure").into_http());
             }

@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use fyerrpc::breaker::{ConsecutiveFailures, OpenPolicy};
-use fyerrpc::failover::{FailoverConfig, Strategy};
+use fyerrpc::failover::{FailoverConfig, HedgingPolicy, Strategy};
 use fyerrpc::health::HealthCheckConfig;
 use fyerrpc::{Client, Registry};
 
 use super::ClientRunError;
 use crate::flags;
-use crate::proto::{GET_GREET_STATS, SERVICE_NAME};
+use crate::proto::{GET_GREET_STATS, SAY_HELLO, SERVICE_NAME};
 use crate::registry::RegistryArgs;
 
 /// The servers of the example cluster.
@@ -157,6 +157,31 @@ pub struct ClientArgs {
     #[arg(long, default_value_t = 10, value_parser = flags::positive)]
     pub concurrency: u64,
 
+    /// Hedge GetGreetStats: after this long without an answer, send a copy
+    /// of the call to another instance (the first answer wins, the other
+    /// attempt is cancelled).
+    #[arg(long, env = "FYERRPC_HEDGE_DELAY", value_parser = flags::duration,
+        conflicts_with = "hedge_percentile")]
+    pub hedge_delay: Option<Duration>,
+    /// Hedge GetGreetStats after this percentile (0-100, exclusive) of its
+    /// recent latency instead of a fixed delay, never sooner than
+    /// --hedge-min-delay.
+    #[arg(long, env = "FYERRPC_HEDGE_PERCENTILE", value_parser = parse_percentile)]
+    pub hedge_percentile: Option<f64>,
+    /// The shortest adaptive hedging delay (with --hedge-percentile).
+    #[arg(long, env = "FYERRPC_HEDGE_MIN_DELAY", default_value = "5ms",
+        value_parser = flags::duration)]
+    pub hedge_min_delay: Duration,
+    /// Attempts a hedged call may make in all, the first included (2-5).
+    #[arg(long, env = "FYERRPC_HEDGE_MAX_ATTEMPTS", default_value_t = 2,
+        value_parser = clap::value_parser!(u32).range(2..=5))]
+    pub hedge_max_attempts: u32,
+    /// Hedge SayHello too (with --hedge-delay or --hedge-percentile). It is
+    /// not idempotent (the servers count greetings): a hedged greeting may be
+    /// counted twice.
+    #[arg(long, env = "FYERRPC_HEDGE_SAY_HELLO")]
+    pub hedge_say_hello: bool,
+
     /// TLS: CA of the servers, client certificate and key, fixed server
     /// name.
     #[cfg(feature = "tls")]
@@ -184,6 +209,18 @@ fn parse_balancer(s: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+fn parse_percentile(s: &str) -> Result<f64, String> {
+    let p: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number"))?;
+    if p.is_finite() && p > 0.0 && p < 100.0 {
+        Ok(p)
+    } else {
+        Err(format!("{s} must be a number strictly between 0 and 100"))
+    }
+}
+
 fn parse_strategy(s: &str) -> Result<Strategy, String> {
     s.parse()
         .map_err(|e: fyerrpc::failover::FailoverConfigError| e.to_string())
@@ -198,13 +235,30 @@ impl ClientArgs {
 
     /// The failover policy from the flags.
     pub fn failover(&self) -> FailoverConfig {
-        FailoverConfig::default()
+        let mut config = FailoverConfig::default()
             .with_max_retries(self.max_retries)
             .with_retry_interval(self.retry_interval)
             .with_backoff_multiplier(self.backoff)
             .with_max_retry_delay(self.max_retry_delay)
             .with_strategy(self.failover_strategy)
-            .with_idempotent_methods([GET_GREET_STATS])
+            .with_idempotent_methods([GET_GREET_STATS]);
+        if let Some(policy) = self.hedging() {
+            if self.hedge_say_hello {
+                config = config.with_hedging(SAY_HELLO, policy.clone().hedgeable());
+            }
+            config = config.with_hedging(GET_GREET_STATS, policy);
+        }
+        config
+    }
+
+    /// The hedging policy from the flags, if hedging is on.
+    pub fn hedging(&self) -> Option<HedgingPolicy> {
+        let policy = match (self.hedge_delay, self.hedge_percentile) {
+            (Some(delay), _) => HedgingPolicy::fixed(delay),
+            (None, Some(p)) => HedgingPolicy::adaptive(p, self.hedge_min_delay),
+            (None, None) => return None,
+        };
+        Some(policy.with_max_attempts(self.hedge_max_attempts))
     }
 
     /// The breaker policy from the flags.
@@ -247,6 +301,7 @@ impl ClientArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fyerrpc::failover::HedgeDelay;
 
     fn parse(args: &[&str]) -> Result<ClientArgs, clap::Error> {
         ClientArgs::try_parse_from(std::iter::once("greet-client").chain(args.iter().copied()))
@@ -272,6 +327,8 @@ mod tests {
         assert_eq!(a.duration, None);
         let a = parse(&["--scenario", "load", "--duration", "8s"]).unwrap();
         assert_eq!(a.duration, Some(Duration::from_secs(8)));
+        assert!(a.hedging().is_none());
+        assert!(a.failover().hedging.is_empty());
         assert_eq!(a.balancers.len(), 5);
         assert_eq!(a.plot, None);
         let a = parse(&[
@@ -288,6 +345,39 @@ mod tests {
     }
 
     #[test]
+    fn hedging_flags_build_a_valid_policy() {
+        let a = parse(&["--hedge-delay", "20ms"]).unwrap();
+        let f = a.failover();
+        let p = f.hedging_policy(GET_GREET_STATS).expect("hedged");
+        assert_eq!(p.delay, HedgeDelay::Fixed(Duration::from_millis(20)));
+        assert_eq!(p.max_attempts, 2);
+        assert!(f.hedging_policy(SAY_HELLO).is_none(), "only with the flag");
+        assert!(f.validate().is_ok());
+        let a = parse(&[
+            "--hedge-percentile",
+            "95",
+            "--hedge-min-delay",
+            "3ms",
+            "--hedge-max-attempts",
+            "3",
+            "--hedge-say-hello",
+        ])
+        .unwrap();
+        let f = a.failover();
+        let p = f.hedging_policy(SAY_HELLO).expect("hedged");
+        assert_eq!(
+            p.delay,
+            HedgeDelay::Adaptive {
+                percentile: 95.0,
+                floor: Duration::from_millis(3)
+            }
+        );
+        assert_eq!(p.max_attempts, 3);
+        assert!(p.hedgeable);
+        assert!(f.validate().is_ok(), "SayHello is explicitly hedgeable");
+    }
+
+    #[test]
     fn rejects_invalid_flags() {
         for bad in [
             &["--scenario", "chaos"][..],
@@ -299,6 +389,12 @@ mod tests {
             &["--output", "xml"],
             &["--duration", "0s"],
             &["--requests", "5", "--duration", "1s"],
+            &["--hedge-delay", "soon"],
+            &["--hedge-delay", "5ms", "--hedge-percentile", "95"],
+            &["--hedge-percentile", "100"],
+            &["--hedge-percentile", "0"],
+            &["--hedge-max-attempts", "1"],
+            &["--hedge-max-attempts", "6"],
             &["--balancers", "round_robin,fastest"],
             #[cfg(feature = "tls")]
             &["--tls-cert", "c.pem", "--tls-key", "k.pem"],

@@ -169,9 +169,20 @@ impl Report {
             ),
             ("Transparent retries", s.transparent_retries.to_string()),
             ("Retries over budget", s.budget_exhausted.to_string()),
+            (
+                "Hedged copies",
+                format!(
+                    "{} sent ({:.1}% of calls), {} won, {} attempts cancelled",
+                    s.hedges_sent,
+                    percent(s.hedges_sent, s.requests),
+                    s.hedges_won,
+                    s.hedges_cancelled
+                ),
+            ),
             ("Avg response time", ms(s.avg_latency)),
             ("p50 response time", ms(s.p50_latency)),
             ("p99 response time", ms(s.p99_latency)),
+            ("Max response time", ms(s.max_latency)),
             (
                 "SayHello calls",
                 format!(
@@ -341,6 +352,15 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// `part` as a percentage of `whole` (0 when `whole` is 0).
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,6 +386,25 @@ mod tests {
             panic_picks_after_waits: Some(0),
             stats: fyerrpc::metrics::ClientCounters::default().snapshot(Vec::new()),
         }
+    }
+
+    #[test]
+    fn the_table_shows_the_hedges() {
+        let mut r = report(vec![phase("load", 200, 0)]);
+        r.stats.requests = 200;
+        r.stats.hedges_sent = 9;
+        r.stats.hedges_won = 7;
+        r.stats.hedges_cancelled = 8;
+        r.stats.max_latency = Duration::from_millis(61);
+        let table = r.to_table();
+        assert!(
+            table.contains("9 sent (4.5% of calls), 7 won, 8 attempts cancelled"),
+            "{table}"
+        );
+        assert!(table.contains("Max response time    61.00 ms"), "{table}");
+        let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(json["hedges_sent"], 9);
+        assert_eq!(json["max_latency"], 0.061);
     }
 
     #[test]
