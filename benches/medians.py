@@ -4,7 +4,7 @@
     cargo bench -p fyerrpc-benches --bench e2e > run1.txt   # three times or more
     python3 benches/medians.py run1.txt run2.txt run3.txt
 
-Reads the summary table each `e2e` run prints at its end and prints, per
+Reads the summary tables each `e2e` run prints at its end and prints, per table and
 concurrency level, the median of every column over the runs with its
 spread (lowest-highest). Ratios are taken within each run first (targets
 ran side by side), then their median is taken.
@@ -14,17 +14,18 @@ import statistics
 import sys
 
 
-def summary(path):
-    """{concurrency: {column: float}} from the last table of one run."""
-    rows, header = {}, None
+def summaries(path):
+    """Every summary table of one run, in order: [(header, {concurrency: {column: float}})]."""
+    tables = []
     with open(path, encoding="utf-8") as f:
         for line in f:
             if not line.startswith("|"):
                 continue
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
             if cells[0] == "concurrency":
-                header, rows = cells, {}
-            elif header and cells[0].isdigit():
+                tables.append((cells, {}))
+            elif tables and cells[0].isdigit():
+                header, rows = tables[-1]
                 values = {}
                 for name, cell in zip(header[1:], cells[1:]):
                     try:
@@ -32,21 +33,17 @@ def summary(path):
                     except ValueError:
                         pass
                 rows[int(cells[0])] = values
-    return header, rows
+    return tables
 
 
-def main(paths):
-    runs = [summary(p) for p in paths]
-    header = runs[0][0]
-    if header is None:
-        sys.exit("no summary table found")
-    print(f"median over {len(runs)} runs (spread: lowest-highest)\n")
+def print_table(header, runs):
+    """One table of medians; `runs` holds that table's rows of each run."""
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    for conc in sorted(runs[0][1]):
+    for conc in sorted(runs[0]):
         cells = [str(conc)]
         for name in header[1:]:
-            vals = [r[1][conc][name] for r in runs if name in r[1].get(conc, {})]
+            vals = [r[conc][name] for r in runs if name in r.get(conc, {})]
             if not vals:
                 cells.append("-")
                 continue
@@ -54,6 +51,17 @@ def main(paths):
             fmt = (lambda v: f"{v:,.0f}") if med >= 1000 else (lambda v: f"{v:.2f}")
             cells.append(f"{fmt(med)} ({fmt(min(vals))}-{fmt(max(vals))})")
         print("| " + " | ".join(cells) + " |")
+
+
+def main(paths):
+    runs = [summaries(p) for p in paths]
+    if not runs or not runs[0]:
+        sys.exit("no summary table found")
+    print(f"median over {len(runs)} runs (spread: lowest-highest)")
+    for t, (header, _) in enumerate(runs[0]):
+        tables = [r[t][1] for r in runs if len(r) > t and r[t][0] == header]
+        print()
+        print_table(header, tables)
 
 
 if __name__ == "__main__":

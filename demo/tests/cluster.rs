@@ -2,12 +2,14 @@
 //! ports and the seed's fault settings at shortened durations.
 
 mod common;
+#[path = "../../core/tests/support/prometheus.rs"]
+mod prometheus;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use common::{http_get, parse_prometheus, server_list, start, start_in, TestServer, LIMIT};
+use common::{http_get, server_list, start, start_in, TestServer, LIMIT};
 use fyerrpc::registry::MemoryRegistry;
 use fyerrpc::Registry;
 use fyerrpc_demo::client::{self, ClientArgs, Console, Report};
@@ -214,13 +216,10 @@ async fn metrics_parse_as_prometheus_text() {
 
     let (status, text) = http_get(server.http, "/metrics").await;
     assert_eq!(status, 200);
-    let samples = parse_prometheus(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let value = |name: &str, labels: &[(&str, &str)]| {
-        samples
-            .iter()
-            .find(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == Some(*v)))
-            .map(|s| s.value)
-    };
+    let families = prometheus::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    // A sample by its own name (`_count`, `_bucket` included) in any family.
+    let value =
+        |name: &str, labels: &[(&str, &str)]| families.values().find_map(|f| f.value(name, labels));
     let ok = [
         ("method", "SayHello"),
         ("code", "ok"),
@@ -257,7 +256,7 @@ async fn metrics_parse_as_prometheus_text() {
 
 #[test]
 fn the_prometheus_parser_rejects_malformed_text() {
-    assert!(parse_prometheus("a_b{x=\"1\",y=\"q\\\"\"} 3\n# TYPE a_b counter\n").is_ok());
+    assert!(prometheus::parse("# TYPE a_b counter\na_b{x=\"1\",y=\"q\\\"\"} 3\n").is_ok());
     for bad in [
         "a b",
         "9a 1",
@@ -267,7 +266,8 @@ fn the_prometheus_parser_rejects_malformed_text() {
         "# TYPE a dunno",
         "a NaNa",
     ] {
-        assert!(parse_prometheus(bad).is_err(), "{bad}");
+        let text = format!("# TYPE a counter\n{bad}");
+        assert!(prometheus::parse(&text).is_err(), "{bad}");
     }
 }
 
