@@ -119,13 +119,6 @@ async fn a_hundred_watchers_share_one_consul_watch_and_get_each_change_as_a_delt
         streams,
         EVENT_TIMEOUT,
         servers.register(instance("Greet", "added", 7002), RegisterOptions::default()),
-        |added| async move {
-            added
-                .expect("register")
-                .shutdown()
-                .await
-                .expect("deregister")
-        },
     )
     .await;
     eprintln!(

@@ -94,13 +94,6 @@ async fn a_hundred_watchers_share_one_etcd_watch_and_get_each_change_as_a_delta(
         streams,
         EVENT_TIMEOUT,
         registry.register(instance("Greet", "added"), RegisterOptions::default()),
-        |added| async move {
-            added
-                .expect("register")
-                .shutdown()
-                .await
-                .expect("deregister")
-        },
     )
     .await;
     eprintln!(

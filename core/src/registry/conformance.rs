@@ -612,16 +612,17 @@ fn sorted_ids(set: &[Instance]) -> Vec<&str> {
 ///
 /// 1. [`WatchEvent::Full`](super::WatchEvent::Full) with only `base`;
 /// 2. a [`WatchEvent::Delta`](super::WatchEvent::Delta) that upserts only an
-///    instance with id `added` and removes nothing, after `add` runs;
-/// 3. a delta that removes only `added` and upserts nothing, after `remove`
-///    runs on what `add` returned (say, the registration to shut down).
+///    instance with id `added` and removes nothing, once `add` (a
+///    registration of that instance) completes;
+/// 3. a delta that removes only `added` and upserts nothing, once that
+///    registration is [shut down](super::Registration::shutdown).
 ///
-/// `add` is awaited only once the tasks are reading, and `remove` only once
-/// every watcher has seen the addition; each delivery time runs from the
+/// `add` is awaited only once the tasks are reading, and the shutdown only
+/// once every watcher has seen the addition; each delivery time runs from the
 /// start of the change to the moment the last watcher saw it. Errors on a
-/// stream are logged and skipped. Panics, naming what went wrong, if a
-/// watcher sees anything else, its stream ends, or it waits longer than
-/// `event_timeout` for one event.
+/// stream are logged and skipped. Panics, naming what went wrong, if the
+/// registration or its shutdown fails, a watcher sees anything else, its
+/// stream ends, or it waits longer than `event_timeout` for one event.
 ///
 /// ```no_run
 /// # async fn demo(
@@ -640,21 +641,16 @@ fn sorted_ids(set: &[Instance]) -> Vec<&str> {
 ///     streams,
 ///     Duration::from_secs(20),
 ///     registry.register(added, RegisterOptions::default()),
-///     |registration| async move { registration.unwrap().shutdown().await.unwrap() },
 /// )
 /// .await;
 /// assert!(slowest.added < Duration::from_secs(5));
 /// # }
 /// ```
-pub async fn watchers_see_one_change<T, R>(
+pub async fn watchers_see_one_change(
     streams: Vec<super::ChangeStream>,
     event_timeout: Duration,
-    add: impl Future<Output = T>,
-    remove: impl FnOnce(T) -> R,
-) -> (Deliveries, Vec<super::ChangeStream>)
-where
-    R: Future<Output = ()>,
-{
+    add: impl Future<Output = Result<super::Registration, RegistryError>>,
+) -> (Deliveries, Vec<super::ChangeStream>) {
     use super::WatchEvent;
     use std::time::Instant;
 
@@ -704,7 +700,9 @@ where
     let mut slowest = [Duration::ZERO; 2];
     let mut failed = false;
     let started = Instant::now();
-    let added = add.await;
+    let added = add
+        .await
+        .unwrap_or_else(|e| panic!("registering `added` failed: {e}"));
     for _ in 0..watchers {
         let Some((change, at)) = seen_rx.recv().await else {
             failed = true;
@@ -718,7 +716,10 @@ where
     }
     if !failed {
         let started = Instant::now();
-        remove(added).await;
+        added
+            .shutdown()
+            .await
+            .unwrap_or_else(|e| panic!("deregistering `added` failed: {e}"));
         for _ in 0..watchers {
             let Some((change, at)) = seen_rx.recv().await else {
                 break;
