@@ -8,13 +8,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use fyerrpc::registry::{ChangeStream, RegisterOptions, WatchEvent};
+use fyerrpc::registry::conformance::watchers_see_one_change;
+use fyerrpc::registry::RegisterOptions;
 use fyerrpc::{Instance, Registry};
 use fyerrpc_registry_consul::{ConsulConfig, ConsulRegistry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 
 use common::ConsulAgent;
 
@@ -83,23 +82,6 @@ async fn counting_proxy(agent: &str, service: &str) -> (String, Arc<AtomicUsize>
     (address, count)
 }
 
-async fn next(stream: &mut ChangeStream) -> WatchEvent {
-    loop {
-        match tokio::time::timeout(EVENT_TIMEOUT, stream.next()).await {
-            Ok(Some(Ok(event))) => return event,
-            Ok(Some(Err(e))) => eprintln!("watch error (skipped): {e}"),
-            Ok(None) => panic!("the watch ended"),
-            Err(_) => panic!("no event within {EVENT_TIMEOUT:?}"),
-        }
-    }
-}
-
-fn ids(set: &[Instance]) -> Vec<&str> {
-    let mut ids: Vec<&str> = set.iter().map(Instance::id).collect();
-    ids.sort_unstable();
-    ids
-}
-
 /// Waits until `f` holds; panics after `within`.
 async fn until(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
@@ -133,65 +115,17 @@ async fn a_hundred_watchers_share_one_consul_watch_and_get_each_change_as_a_delt
     assert_eq!(registry.watch_count(), 1, "one blocking-query loop for all");
     assert_eq!(registry.watcher_count(), WATCHERS);
 
-    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<(usize, Instant)>();
-    let mut tasks = Vec::new();
-    for mut stream in streams {
-        let seen = seen_tx.clone();
-        tasks.push(tokio::spawn(async move {
-            match next(&mut stream).await {
-                WatchEvent::Full(set) => assert_eq!(ids(&set), ["base"]),
-                other => panic!("expected the whole set first, got {other:?}"),
-            }
-            // One instance added: only it, nothing removed.
-            match next(&mut stream).await {
-                WatchEvent::Delta { upserted, removed } => {
-                    assert_eq!(ids(&upserted), ["added"]);
-                    assert!(removed.is_empty(), "{removed:?}");
-                }
-                other => panic!("expected a delta, got {other:?}"),
-            }
-            let _ = seen.send((0, Instant::now()));
-            // One instance removed: only its id, nothing upserted.
-            match next(&mut stream).await {
-                WatchEvent::Delta { upserted, removed } => {
-                    assert_eq!(removed, ["added"]);
-                    assert!(upserted.is_empty(), "{upserted:?}");
-                }
-                other => panic!("expected a delta, got {other:?}"),
-            }
-            let _ = seen.send((1, Instant::now()));
-            stream
-        }));
-    }
-    drop(seen_tx);
-
-    let mut slowest = [Duration::ZERO; 2];
-    let started = Instant::now();
-    let added = servers
-        .register(instance("Greet", "added", 7002), RegisterOptions::default())
-        .await
-        .expect("register");
-    for _ in 0..WATCHERS {
-        let (change, at) = seen_rx.recv().await.expect("a watcher reports");
-        assert_eq!(change, 0);
-        slowest[0] = slowest[0].max(at - started);
-    }
-    let started = Instant::now();
-    added.shutdown().await.expect("deregister");
-    for _ in 0..WATCHERS {
-        let (change, at) = seen_rx.recv().await.expect("a watcher reports");
-        assert_eq!(change, 1);
-        slowest[1] = slowest[1].max(at - started);
-    }
-    let mut streams = Vec::new();
-    for task in tasks {
-        streams.push(task.await.expect("watcher"));
-    }
+    let (slowest, mut streams) = watchers_see_one_change(
+        streams,
+        EVENT_TIMEOUT,
+        servers.register(instance("Greet", "added", 7002), RegisterOptions::default()),
+    )
+    .await;
     eprintln!(
         "Consul, {WATCHERS} watchers: added delivered to all within {:?}, removed within {:?}",
-        slowest[0], slowest[1]
+        slowest.added, slowest.removed
     );
-    for d in slowest {
+    for d in [slowest.added, slowest.removed] {
         assert!(d < DELIVERY_BOUND, "delivery took {d:?}");
     }
     // One loop: a query to start, one per change, and a few more (an

@@ -9,10 +9,10 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use fyerrpc::registry::conformance::watchers_see_one_change;
 use fyerrpc::registry::{ChangeStream, RegisterOptions, WatchEvent};
 use fyerrpc::{Instance, Registry};
 use fyerrpc_registry_etcd::EtcdRegistry;
-use tokio::sync::mpsc;
 
 use common::{connect, init_tracing, instance, EtcdServer};
 
@@ -90,65 +90,17 @@ async fn a_hundred_watchers_share_one_etcd_watch_and_get_each_change_as_a_delta(
         "etcd itself sees one watcher more"
     );
 
-    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<(usize, Instant)>();
-    let mut tasks = Vec::new();
-    for mut stream in streams {
-        let seen = seen_tx.clone();
-        tasks.push(tokio::spawn(async move {
-            match next(&mut stream).await {
-                WatchEvent::Full(set) => assert_eq!(ids(&set), ["base"]),
-                other => panic!("expected the whole set first, got {other:?}"),
-            }
-            // One instance added: only it, nothing removed.
-            match next(&mut stream).await {
-                WatchEvent::Delta { upserted, removed } => {
-                    assert_eq!(ids(&upserted), ["added"]);
-                    assert!(removed.is_empty(), "{removed:?}");
-                }
-                other => panic!("expected a delta, got {other:?}"),
-            }
-            let _ = seen.send((0, Instant::now()));
-            // One instance removed: only its id, nothing upserted.
-            match next(&mut stream).await {
-                WatchEvent::Delta { upserted, removed } => {
-                    assert_eq!(removed, ["added"]);
-                    assert!(upserted.is_empty(), "{upserted:?}");
-                }
-                other => panic!("expected a delta, got {other:?}"),
-            }
-            let _ = seen.send((1, Instant::now()));
-            stream
-        }));
-    }
-    drop(seen_tx);
-
-    let mut slowest = [Duration::ZERO; 2];
-    let started = Instant::now();
-    let added = registry
-        .register(instance("Greet", "added"), RegisterOptions::default())
-        .await
-        .expect("register");
-    for _ in 0..WATCHERS {
-        let (change, at) = seen_rx.recv().await.expect("a watcher reports");
-        assert_eq!(change, 0);
-        slowest[0] = slowest[0].max(at - started);
-    }
-    let started = Instant::now();
-    added.shutdown().await.expect("deregister");
-    for _ in 0..WATCHERS {
-        let (change, at) = seen_rx.recv().await.expect("a watcher reports");
-        assert_eq!(change, 1);
-        slowest[1] = slowest[1].max(at - started);
-    }
-    let mut streams = Vec::new();
-    for task in tasks {
-        streams.push(task.await.expect("watcher"));
-    }
+    let (slowest, mut streams) = watchers_see_one_change(
+        streams,
+        EVENT_TIMEOUT,
+        registry.register(instance("Greet", "added"), RegisterOptions::default()),
+    )
+    .await;
     eprintln!(
         "etcd, {WATCHERS} watchers: added delivered to all within {:?}, removed within {:?}",
-        slowest[0], slowest[1]
+        slowest.added, slowest.removed
     );
-    for d in slowest {
+    for d in [slowest.added, slowest.removed] {
         assert!(d < DELIVERY_BOUND, "delivery took {d:?}");
     }
 

@@ -572,3 +572,175 @@ async fn stays_at(h: &Harness, service: &str, address: &str, during: Duration, o
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// How long the slowest of several watchers took to see each change, as
+/// measured by [`watchers_see_one_change`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deliveries {
+    /// From the start of the addition until the last watcher saw it.
+    pub added: Duration,
+    /// From the start of the removal until the last watcher saw it.
+    pub removed: Duration,
+}
+
+/// Next event of `stream`, skipping errors; panics if the stream ends or
+/// nothing arrives within `within`.
+async fn next_change(stream: &mut super::ChangeStream, within: Duration) -> super::WatchEvent {
+    loop {
+        match tokio::time::timeout(within, stream.next()).await {
+            Ok(Some(Ok(event))) => return event,
+            Ok(Some(Err(e))) => tracing::warn!(error = %e, "watch_changes reported an error"),
+            Ok(None) => panic!("the watch ended"),
+            Err(_) => panic!("no event within {within:?}"),
+        }
+    }
+}
+
+fn sorted_ids(set: &[Instance]) -> Vec<&str> {
+    let mut ids: Vec<&str> = set.iter().map(Instance::id).collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Every one of `streams` sees one instance come and go, each change as a
+/// delta carrying only that instance; returns how long the slowest watcher
+/// took for each, and the streams (still open) for further checks.
+///
+/// The streams come from [`watch_changes`](super::Registry::watch_changes)
+/// on a service that holds exactly one instance, with id `base`. Each is read
+/// in its own task, which expects, in order:
+///
+/// 1. [`WatchEvent::Full`](super::WatchEvent::Full) with only `base`;
+/// 2. a [`WatchEvent::Delta`](super::WatchEvent::Delta) that upserts only an
+///    instance with id `added` and removes nothing, once `add` (a
+///    registration of that instance) completes;
+/// 3. a delta that removes only `added` and upserts nothing, once that
+///    registration is [shut down](super::Registration::shutdown).
+///
+/// `add` is awaited only once the tasks are reading, and the shutdown only
+/// once every watcher has seen the addition; each delivery time runs from the
+/// start of the change to the moment the last watcher saw it. Errors on a
+/// stream are logged and skipped. Panics, naming what went wrong, if the
+/// registration or its shutdown fails, a watcher sees anything else, its
+/// stream ends, or it waits longer than `event_timeout` for one event.
+///
+/// ```no_run
+/// # async fn demo(
+/// #     registry: std::sync::Arc<dyn fyerrpc::registry::Registry>,
+/// #     added: fyerrpc::Instance,
+/// # ) {
+/// use std::time::Duration;
+/// use fyerrpc::registry::conformance::watchers_see_one_change;
+/// use fyerrpc::registry::RegisterOptions;
+///
+/// let mut streams = Vec::new();
+/// for _ in 0..10 {
+///     streams.push(registry.watch_changes("Greet", None).await.unwrap());
+/// }
+/// let (slowest, _streams) = watchers_see_one_change(
+///     streams,
+///     Duration::from_secs(20),
+///     registry.register(added, RegisterOptions::default()),
+/// )
+/// .await;
+/// assert!(slowest.added < Duration::from_secs(5));
+/// # }
+/// ```
+pub async fn watchers_see_one_change(
+    streams: Vec<super::ChangeStream>,
+    event_timeout: Duration,
+    add: impl Future<Output = Result<super::Registration, RegistryError>>,
+) -> (Deliveries, Vec<super::ChangeStream>) {
+    use super::WatchEvent;
+    use std::time::Instant;
+
+    let watchers = streams.len();
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let mut tasks = Vec::with_capacity(watchers);
+    for mut stream in streams {
+        let seen = seen_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            match next_change(&mut stream, event_timeout).await {
+                WatchEvent::Full(set) => assert_eq!(
+                    sorted_ids(&set),
+                    ["base"],
+                    "the whole set first must hold only `base`"
+                ),
+                other => panic!("expected the whole set first, got {other:?}"),
+            }
+            // One instance added: only it, nothing removed.
+            match next_change(&mut stream, event_timeout).await {
+                WatchEvent::Delta { upserted, removed } => {
+                    assert_eq!(
+                        sorted_ids(&upserted),
+                        ["added"],
+                        "the addition must upsert only `added`"
+                    );
+                    assert!(removed.is_empty(), "the addition removed {removed:?}");
+                }
+                other => panic!("expected a delta adding `added`, got {other:?}"),
+            }
+            let _ = seen.send((0, Instant::now()));
+            // One instance removed: only its id, nothing upserted.
+            match next_change(&mut stream, event_timeout).await {
+                WatchEvent::Delta { upserted, removed } => {
+                    assert_eq!(removed, ["added"], "the removal must remove only `added`");
+                    assert!(upserted.is_empty(), "the removal upserted {upserted:?}");
+                }
+                other => panic!("expected a delta removing `added`, got {other:?}"),
+            }
+            let _ = seen.send((1, Instant::now()));
+            stream
+        }));
+    }
+    drop(seen_tx);
+
+    // A watcher that panics drops its sender; once all have, `recv` ends,
+    // and awaiting the tasks below shows the watcher's own message.
+    let mut slowest = [Duration::ZERO; 2];
+    let mut failed = false;
+    let started = Instant::now();
+    let added = add
+        .await
+        .unwrap_or_else(|e| panic!("registering `added` failed: {e}"));
+    for _ in 0..watchers {
+        let Some((change, at)) = seen_rx.recv().await else {
+            failed = true;
+            break;
+        };
+        assert_eq!(
+            change, 0,
+            "a watcher saw the removal before all saw the addition"
+        );
+        slowest[0] = slowest[0].max(at - started);
+    }
+    if !failed {
+        let started = Instant::now();
+        added
+            .shutdown()
+            .await
+            .unwrap_or_else(|e| panic!("deregistering `added` failed: {e}"));
+        for _ in 0..watchers {
+            let Some((change, at)) = seen_rx.recv().await else {
+                break;
+            };
+            assert_eq!(change, 1, "a watcher reported the addition twice");
+            slowest[1] = slowest[1].max(at - started);
+        }
+    }
+    let mut streams = Vec::with_capacity(watchers);
+    for task in tasks {
+        match task.await {
+            Ok(stream) => streams.push(stream),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => panic!("a watcher task failed: {e}"),
+        }
+    }
+    (
+        Deliveries {
+            added: slowest[0],
+            removed: slowest[1],
+        },
+        streams,
+    )
+}
