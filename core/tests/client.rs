@@ -443,10 +443,9 @@ async fn a_health_check_of_an_unknown_service_name_counts_as_not_serving() {
 #[tokio::test]
 async fn an_idle_connection_is_closed_and_reopened_by_the_next_call() {
     let (_servers, registry) = cluster();
-    let client = client(registry, |b| {
-        b.idle_timeout(Some(Duration::from_millis(100)))
-    })
-    .await;
+    // Swept every 500 ms: a connection closes at the earliest one sweep
+    // period after its last call, which leaves the checks below a margin.
+    let client = client(registry, |b| b.idle_timeout(Some(Duration::from_secs(1)))).await;
     let connected = |c: &Client| -> Vec<bool> {
         c.stats()
             .instances
@@ -462,7 +461,8 @@ async fn an_idle_connection_is_closed_and_reopened_by_the_next_call() {
     for _ in 0..6 {
         check(client.clone()).await.unwrap();
     }
-    assert_eq!(connected(&client), [true; 3]);
+    // (Which instances the six calls went to is the balancer's choice.)
+    assert!(connected(&client).iter().any(|c| *c), "opened on first use");
     // Closed between one and one and a half idle timeouts after the last call.
     wait_for(|| connected(&client) == [false; 3]).await;
     for _ in 0..6 {
