@@ -25,48 +25,13 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use fyerrpc::balance::{Balancer, Candidate, LeastRequest, RingHash};
-use fyerrpc::registry::{ChangeStream, RegisterOptions, Registration, RegistryError, WatchStream};
+use fyerrpc::registry::feed::FedRegistry;
 use fyerrpc::{Client, Instance, Registry, WatchEvent};
 use fyerrpc_benches::cpu;
 use fyerrpc_benches::table::{thousands, Table};
-use tokio::sync::mpsc;
-use tokio::sync::Mutex;
 
 const SERVICE: &str = "Scale";
-
-/// A registry whose one watch is fed by the benchmark.
-struct Feed(Mutex<Option<mpsc::UnboundedReceiver<WatchEvent>>>);
-
-#[async_trait]
-impl Registry for Feed {
-    async fn register(
-        &self,
-        _: Instance,
-        _: RegisterOptions,
-    ) -> Result<Registration, RegistryError> {
-        Err(RegistryError::Other("read-only".into()))
-    }
-    async fn deregister(&self, _: &Instance) -> Result<(), RegistryError> {
-        Ok(())
-    }
-    async fn discover(&self, _: &str, _: Option<&str>) -> Result<Vec<Instance>, RegistryError> {
-        Ok(Vec::new())
-    }
-    async fn watch(&self, _: &str, _: Option<&str>) -> Result<WatchStream, RegistryError> {
-        Err(RegistryError::Other("watch_changes only".into()))
-    }
-    async fn watch_changes(&self, _: &str, _: Option<&str>) -> Result<ChangeStream, RegistryError> {
-        let rx = self.0.lock().await.take();
-        let stream = futures_util::stream::unfold(rx, |rx| async move {
-            let mut rx = rx?;
-            let set = rx.recv().await?;
-            Some((Ok(set), Some(rx)))
-        });
-        Ok(Box::pin(stream))
-    }
-}
 
 fn instance(i: usize) -> Instance {
     let address = format!(
@@ -139,8 +104,8 @@ async fn measure(n: usize, balancer: Arc<dyn Balancer>, ring: bool) -> Row {
         .collect();
     let first = base.clone();
 
-    let (tx, rx) = mpsc::unbounded_channel();
-    let registry: Arc<dyn Registry> = Arc::new(Feed(Mutex::new(Some(rx))));
+    let (registry, tx) = FedRegistry::new();
+    let registry: Arc<dyn Registry> = Arc::new(registry);
     let rss0 = resident();
     let t0 = Instant::now();
     let c0 = cpu::thread();

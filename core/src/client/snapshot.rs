@@ -545,53 +545,9 @@ pub(crate) async fn run_discovery(shared: Weak<Shared>) {
 mod tests {
     use std::collections::BTreeMap;
 
-    use async_trait::async_trait;
-    use tokio::sync::{mpsc, Mutex};
-
     use super::*;
     use crate::balance::RingHash;
-    use crate::registry::{
-        ChangeStream, RegisterOptions, Registration, RegistryError, WatchStream,
-    };
-    use crate::{Client, Registry, Status};
-
-    /// A registry whose watch the test feeds, event by event.
-    struct Feed(Mutex<Option<mpsc::UnboundedReceiver<WatchEvent>>>);
-
-    #[async_trait]
-    impl Registry for Feed {
-        async fn register(
-            &self,
-            _: Instance,
-            _: RegisterOptions,
-        ) -> Result<Registration, RegistryError> {
-            Err(RegistryError::Other("read-only".into()))
-        }
-        async fn deregister(&self, _: &Instance) -> Result<(), RegistryError> {
-            Ok(())
-        }
-        async fn discover(&self, _: &str, _: Option<&str>) -> Result<Vec<Instance>, RegistryError> {
-            Ok(Vec::new())
-        }
-        async fn watch(&self, _: &str, _: Option<&str>) -> Result<WatchStream, RegistryError> {
-            Err(RegistryError::Other("watch_changes only".into()))
-        }
-        async fn watch_changes(
-            &self,
-            _: &str,
-            _: Option<&str>,
-        ) -> Result<ChangeStream, RegistryError> {
-            let rx = self.0.lock().await.take();
-            Ok(Box::pin(futures_util::stream::unfold(
-                rx,
-                |rx| async move {
-                    let mut rx = rx?;
-                    let event = rx.recv().await?;
-                    Some((Ok(event), Some(rx)))
-                },
-            )))
-        }
-    }
+    use crate::{Client, Status};
 
     fn instance(id: u32, port: u32, weight: u32, enabled: bool) -> Instance {
         let inst = Instance::new(format!("i{id}"), "S", format!("10.0.0.1:{}", 1_000 + port))
@@ -614,8 +570,8 @@ mod tests {
             Arc::new(crate::balance::LeastRequest) as Arc<dyn crate::Balancer>,
             Arc::new(RingHash::new()),
         ] {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let client = Client::builder("S", Arc::new(Feed(Mutex::new(Some(rx)))))
+            let (registry, tx) = crate::registry::feed::FedRegistry::new();
+            let client = Client::builder("S", Arc::new(registry))
                 .balancer(balancer)
                 .build()
                 .await

@@ -39,6 +39,8 @@ mod shared;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
+#[cfg(any(test, feature = "testing"))]
+pub mod feed;
 pub mod guide;
 
 use std::pin::Pin;
