@@ -2,6 +2,7 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -471,4 +472,35 @@ async fn an_idle_connection_is_closed_and_reopened_by_the_next_call() {
     assert!(connected(&client).iter().any(|c| *c), "reopened on demand");
     let stats = client.stats();
     assert_eq!(stats.failures, 0, "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_client_with_an_endpoint_hook_calls_through_tonic_channels_and_fails_over() {
+    // With a hook, each instance gets a tonic channel configured by it
+    // instead of the client's own HTTP/2 connection: same behaviour.
+    let (servers, registry) = cluster();
+    servers[2].set_failing(true);
+    let hooked = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&hooked);
+    let client = client(registry, move |b| {
+        b.balancer(Arc::new(RoundRobin)).endpoint_config(Arc::new(
+            move |endpoint, _instance: &Instance| {
+                seen.fetch_add(1, Ordering::Relaxed);
+                endpoint.user_agent("hooked").expect("a valid user agent")
+            },
+        ))
+    })
+    .await;
+    for i in 0..30 {
+        check(client.clone())
+            .await
+            .unwrap_or_else(|e| panic!("call {i} failed: {e}"));
+    }
+    assert_eq!(
+        hooked.load(Ordering::Relaxed),
+        3,
+        "the hook saw each instance"
+    );
+    assert!(servers[2].calls() > 0, "the failing instance was tried");
+    assert_eq!(client.stats().failures, 0);
 }

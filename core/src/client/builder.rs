@@ -283,6 +283,14 @@ impl ClientBuilder {
     /// own settings (connect timeout, TCP no-delay, keep-alive, TLS): window
     /// sizes, user agent, keep-alive, concurrency limits, etc.
     ///
+    /// With a hook, each instance is called through a tonic `Channel` built
+    /// from that endpoint. Without one (the default), the client drives
+    /// hyper's HTTP/2 connection itself, which saves the channel's buffer
+    /// task a hop on every call; the settings are then the client's own:
+    /// TCP no-delay, a keep-alive PING after 30 s without frames while calls
+    /// are in flight, hyper's default windows, and a `fyerrpc/VERSION` user
+    /// agent.
+    ///
     /// ```
     /// # use std::sync::Arc;
     /// # use std::time::Duration;

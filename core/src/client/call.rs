@@ -733,7 +733,7 @@ pub(super) async fn send(
     let (outcome, resp) = match result {
         Err(_) => (Outcome::TimedOut, None),
         Ok(Err(e)) => {
-            let outcome = classify::classify_error(&e);
+            let outcome = classify::classify_error(&*e);
             tracing::debug!(instance = %core.id, outcome = outcome.label(), error = ?e,
                 "attempt failed in transport");
             // Why the instance could not be reached (refused certificate,
@@ -742,7 +742,7 @@ pub(super) async fn send(
                 let message = format!(
                     "{}: {}",
                     failure_message(outcome, &core.id, &core.address),
-                    super::connect::describe(&e)
+                    super::connect::describe(&*e)
                 );
                 Status::new(outcome.code(), message).into_http()
             });

@@ -1,6 +1,7 @@
-//! How the client reaches one instance: the lazily connected tonic channel
-//! built for an [`Instance`], plaintext or TLS, with the user's endpoint
-//! settings applied.
+//! How the client reaches one instance: how it is dialed (plaintext or TLS,
+//! or not at all when its metadata declares the other protocol), for the
+//! client's own HTTP/2 connection ([`http2`](super::http2)) or, when the
+//! user's endpoint hook applies, for a lazily connected tonic channel.
 //!
 //! # Instance metadata read here
 //!
@@ -206,10 +207,14 @@ pub(crate) struct LazyConnect {
     how: How,
     /// [`transport_print`] of the instance it was prepared for.
     print: u64,
+    /// The user's endpoint hook applies: connect through a tonic channel.
+    hooked: bool,
+    connect_timeout: Duration,
 }
 
+/// How an instance is dialed.
 #[derive(Clone)]
-enum How {
+pub(crate) enum How {
     /// The metadata declares the other protocol: every connection attempt
     /// fails with this.
     Mismatch(TransportMismatch),
@@ -230,14 +235,63 @@ impl std::fmt::Debug for LazyConnect {
     }
 }
 
+impl How {
+    /// Dials the instance and starts HTTP/2 on the connection (hyper
+    /// directly, no tonic channel). Failures come as a `tonic::ConnectError`.
+    pub(crate) async fn handshake(
+        &self,
+    ) -> Result<hyper::client::conn::http2::SendRequest<tonic::body::Body>, super::BoxError> {
+        let connect_error =
+            |e: ConnectFailure| Box::new(tonic::ConnectError(Box::new(e))) as super::BoxError;
+        match self {
+            How::Mismatch(m) => Err(Box::new(tonic::ConnectError(Box::new(m.clone())))),
+            How::Plain(c) => {
+                let io = tower::Service::call(&mut c.clone(), http::Uri::default())
+                    .await
+                    .map_err(connect_error)?;
+                super::http2::start(io).await
+            }
+            #[cfg(feature = "tls")]
+            How::Tls(c) => {
+                let io = tower::Service::call(&mut c.clone(), http::Uri::default())
+                    .await
+                    .map_err(connect_error)?;
+                super::http2::start(io).await
+            }
+        }
+    }
+}
+
 impl LazyConnect {
-    /// A lazily connected channel: nothing is dialed before its first use.
-    /// Whether `inst` is connected to as this was prepared (same transport
-    /// metadata).
-    pub(crate) fn same_transport(&self, inst: &Instance) -> bool {
-        self.print == transport_print(inst)
+    /// [`transport_print`] of the instance it was prepared for.
+    pub(crate) fn print(&self) -> u64 {
+        self.print
     }
 
+    /// The direct HTTP/2 connection for this instance, unless the user's
+    /// endpoint hook applies (then `Err(self)`: use tonic's channel).
+    pub(crate) fn into_http2(self) -> Result<super::http2::Http2, Box<Self>> {
+        if self.hooked {
+            return Err(Box::new(self));
+        }
+        let Some(authority) = self.endpoint.uri().authority().cloned() else {
+            return Err(Box::new(self));
+        };
+        let tls = match &self.how {
+            How::Mismatch(_) | How::Plain(_) => false,
+            #[cfg(feature = "tls")]
+            How::Tls(_) => true,
+        };
+        Ok(super::http2::Http2::new(
+            self.how,
+            tls,
+            authority,
+            self.connect_timeout,
+        ))
+    }
+
+    /// A lazily connected tonic channel: nothing is dialed before its first
+    /// use.
     pub(crate) fn channel(&self) -> Channel {
         let endpoint = self.endpoint.clone();
         match &self.how {
@@ -289,6 +343,8 @@ pub(crate) fn prepare(
             endpoint,
             how: How::Mismatch(mismatch),
             print: transport_print(inst),
+            hooked: config.hook.is_some(),
+            connect_timeout,
         });
     }
     let mut endpoint = endpoint
@@ -314,12 +370,16 @@ pub(crate) fn prepare(
             endpoint,
             how: How::Tls(connector),
             print: transport_print(inst),
+            hooked: config.hook.is_some(),
+            connect_timeout,
         });
     }
     Ok(LazyConnect {
         endpoint,
         how: How::Plain(io::PlainConnector::new(inst, connect_timeout)),
         print: transport_print(inst),
+        hooked: config.hook.is_some(),
+        connect_timeout,
     })
 }
 

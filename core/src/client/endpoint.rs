@@ -2,7 +2,7 @@
 //! and counters.
 //!
 //! An instance that takes no calls costs one [`EndpointCore`] (a few hundred
-//! bytes): its tonic `Channel`, with the task that drives it, is created on
+//! bytes): its HTTP/2 connection, with the task that drives it, is opened on
 //! first use (a call, a health check, a reachability probe), not on
 //! discovery, and closed again after a long idle period (see
 //! [`conn`](super::conn)).
@@ -11,7 +11,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 
 use tokio::task::AbortHandle;
-use tonic::transport::Channel;
 
 use super::eligibility::EndpointState;
 use super::handles::InstanceHandles;
@@ -71,10 +70,10 @@ impl EndpointCore {
         }
     }
 
-    /// The instance's channel, created (connecting lazily) on first use.
-    /// Must be called within a tokio runtime.
-    pub(crate) fn channel(&self) -> Channel {
-        self.conn.channel()
+    /// The instance's connection as a service (for health checks and
+    /// probes), dialed on first use. Must be called within a tokio runtime.
+    pub(crate) fn service(&self) -> super::conn::ConnService {
+        self.conn.service()
     }
 
     /// Whether the last active health check verdict is healthy (true

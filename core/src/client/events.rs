@@ -162,7 +162,7 @@ impl Shared {
             return;
         };
         let (shared, weak) = (Arc::downgrade(self), Arc::downgrade(core));
-        let channel = core.channel();
+        let channel = core.service();
         let timeout = self.config.connect_timeout.saturating_mul(2);
         runtime.spawn(async move {
             let result = crate::health::check(channel, "", timeout).await;

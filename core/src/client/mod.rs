@@ -33,8 +33,8 @@
 //! be sent again); for each attempt the current snapshot of endpoints is
 //! loaded without locking, the balancer picks among endpoints that this call
 //! has not tried and that are eligible (see below), the endpoint's breaker
-//! grants a permit, and the request goes out on that instance's own lazily
-//! connected channel with the remaining deadline. The outcome feeds the
+//! grants a permit, and the request goes out on that instance's own HTTP/2
+//! connection (dialed on first use) with the remaining deadline. The outcome feeds the
 //! breaker, the balancer's load figures and the metrics.
 //!
 //! Then, when the attempt failed:
@@ -72,6 +72,7 @@ mod endpoint;
 mod events;
 mod handles;
 mod hedge;
+mod http2;
 mod reconnect;
 mod snapshot;
 

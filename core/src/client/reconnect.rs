@@ -62,7 +62,7 @@ pub(crate) fn spawn(shared: Weak<Shared>, core: Weak<EndpointCore>) {
                 // A call or a health check found it answering meanwhile.
                 return;
             }
-            let channel = c.channel();
+            let channel = c.service();
             drop(c);
             // Generous: a reconnect includes the TCP (and TLS) handshake.
             let result = health::check(channel, "", timeout.saturating_mul(2)).await;

@@ -431,7 +431,7 @@ async fn health_task(
 ) {
     let Some((channel, service, id, label)) = core.upgrade().zip(shared.upgrade()).map(|(c, s)| {
         (
-            c.channel(),
+            c.service(),
             Arc::clone(&s.service),
             c.id.clone(),
             Arc::clone(&c.label),

@@ -138,7 +138,7 @@ pub fn classify_error(err: &(dyn StdError + 'static)) -> Outcome {
         if let Some(hyper) = e.downcast_ref::<hyper::Error>() {
             // Queued on a connection that closed, or was not ready, before
             // the request was written.
-            if hyper.is_canceled() {
+            if hyper.is_canceled() || hyper.is_closed() {
                 return Outcome::NotSent;
             }
         }

@@ -33,7 +33,13 @@
 
 use std::time::Duration;
 
-use tonic::transport::Channel;
+use bytes::Bytes;
+use http_body::Body as HttpBody;
+use tonic::body::Body;
+use tonic::client::GrpcService;
+
+/// The error type tonic's generated clients accept from a transport.
+type StdError = Box<dyn std::error::Error + Send + Sync>;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -137,8 +143,15 @@ impl CheckResult {
     }
 }
 
-/// Runs one `grpc.health.v1.Health/Check` over `channel`.
-pub async fn check(channel: Channel, service: &str, timeout: Duration) -> CheckResult {
+/// Runs one `grpc.health.v1.Health/Check` over `channel` (a tonic
+/// `Channel`, or any service a tonic-generated client can call through).
+pub async fn check<T>(channel: T, service: &str, timeout: Duration) -> CheckResult
+where
+    T: GrpcService<Body>,
+    T::Error: Into<StdError>,
+    T::ResponseBody: HttpBody<Data = Bytes> + Send + 'static,
+    <T::ResponseBody as HttpBody>::Error: Into<StdError> + Send,
+{
     let mut client = HealthClient::new(channel);
     let mut req = tonic::Request::new(HealthCheckRequest {
         service: service.to_owned(),
@@ -186,8 +199,12 @@ fn first_check_delay(interval: Duration) -> Duration {
 /// The verdict starts healthy; [`CheckResult::Unreachable`] results do not
 /// move it (reachability is reported apart). The first check comes at a
 /// random point of the first interval, the next ones an interval apart.
-pub async fn run_checker<F>(channel: Channel, config: HealthCheckConfig, mut on_result: F)
+pub async fn run_checker<T, F>(channel: T, config: HealthCheckConfig, mut on_result: F)
 where
+    T: GrpcService<Body> + Clone,
+    T::Error: Into<StdError>,
+    T::ResponseBody: HttpBody<Data = Bytes> + Send + 'static,
+    <T::ResponseBody as HttpBody>::Error: Into<StdError> + Send,
     F: FnMut(CheckResult, Option<bool>) + Send,
 {
     let mut healthy = true;
