@@ -115,7 +115,9 @@ impl Http2 {
         async move {
             let mut send = match ready {
                 Some(send) => send,
-                None => this.dial_or_wait().await?,
+                // Boxed: the dial's future (TCP, TLS and HTTP/2 handshakes)
+                // is large, and every call's future would carry its space.
+                None => Box::pin(this.dial_or_wait()).await?,
             };
             let req = this.with_origin(req)?;
             let resp = send.send_request(req).await?;
