@@ -10,15 +10,16 @@ use fyerrpc_benches::calls::{Caller, Target};
 use fyerrpc_benches::cpu;
 use fyerrpc_benches::server::Cluster;
 
+/// The middle value (the upper one of an even count; 0 for none).
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut args = std::env::args().skip(1);
     let calls: u64 = args.next().map_or(Ok(2_000), |a| a.parse())?;
-    let rounds: usize = args.next().map_or(Ok(15), |a| a.parse())?;
+    let rounds: usize = args.next().map_or(Ok(15), |a| a.parse())?.max(1);
     let rest: Vec<String> = args.collect();
     let mut levels: Vec<usize> = rest.iter().filter_map(|a| a.parse().ok()).collect();
     if levels.is_empty() {
