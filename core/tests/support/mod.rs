@@ -272,7 +272,9 @@ impl TestServer {
             .store(d.as_millis() as u64, Ordering::SeqCst);
     }
 
-    /// Stops the server abruptly: listener and connections are dropped.
+    /// Stops the server abruptly: listener and connections are dropped. The
+    /// server's runtime stops in the background: a request one of its
+    /// workers is handling at that moment may still complete its step.
     pub fn kill(&self) {
         if let Some(r) = self.running.lock().unwrap().take() {
             r.runtime.shutdown_background();
