@@ -13,6 +13,12 @@
 //!                                                                  the request sender
 //! ```
 //!
+//! A request that a closing connection gave back unsent is sent once more,
+//! on a fresh connection (dialing, or waiting for the dial under way), so a
+//! call or a reachability check made just after the instance went away
+//! learns that it is gone (the dial fails) rather than that its old
+//! connection is.
+//!
 //! Why not tonic's `Channel`: a `Channel` is a handle on a buffer whose
 //! worker task makes every call, so each call wakes that task and waits for
 //! it, one more task hop (and, on a multi-threaded runtime, often one more
@@ -120,8 +126,18 @@ impl Http2 {
                 None => Box::pin(this.dial_or_wait()).await?,
             };
             let req = this.with_origin(req)?;
-            let resp = send.send_request(req).await?;
-            Ok(resp.map(Body::new))
+            match send.try_send_request(req).await {
+                Ok(resp) => Ok(resp.map(Body::new)),
+                Err(mut e) => match e.take_message() {
+                    // Never handed to the connection (it was closing): once
+                    // more, on a fresh connection.
+                    Some(req) => {
+                        let mut send = Box::pin(this.dial_or_wait()).await?;
+                        Ok(send.send_request(req).await?.map(Body::new))
+                    }
+                    None => Err(Box::new(e.into_error()) as BoxError),
+                },
+            }
         }
     }
 
