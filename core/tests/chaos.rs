@@ -204,22 +204,10 @@ async fn restarting_each_server_in_turn_without_deregistering_fails_no_call() {
         calls_reach(&load, at + 300).await;
     }
     stop_load(&load, tasks).await;
-    // Known race, left open: a request written after the server closed the
-    // connection but before the client read its GOAWAY fails with a broken
-    // pipe, which the client cannot tell from a crash mid-request, so a
-    // method not declared idempotent is not retried. Seen once in several
-    // fresh-clone CI runs (3 calls). Only calls in flight at a close can
-    // hit it: at most the 16 workers per restart, and only that error.
-    let errors = load.errors.lock().unwrap().clone();
-    assert!(
-        load.failed() <= 3 * 16,
-        "{} failed: {errors:?}",
-        load.failed()
-    );
-    assert!(
-        errors.iter().all(|e| e.contains("broken pipe")),
-        "only the known race may fail a call: {errors:?}"
-    );
+    // A request written just after the server's GOAWAY is read by the
+    // lingering connection (not reset), so the client reads the GOAWAY,
+    // learns the request was not processed and sends it elsewhere.
+    assert_eq!(load.failed(), 0, "{:?}", load.errors.lock().unwrap());
     assert!(
         eventually(Duration::from_secs(10), || client
             .stats()
@@ -230,6 +218,28 @@ async fn restarting_each_server_in_turn_without_deregistering_fails_no_call() {
         "restarted servers are reachable again: {:?}",
         client.stats().instances
     );
+}
+
+/// The race behind the test above, made frequent: a server restarted forty
+/// times at once, under 32 callers. Without lingering closes on the server,
+/// about ten calls fail with "broken pipe" here: requests written just after
+/// the GOAWAY meet a connection reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_quick_graceful_restarts_fail_no_call() {
+    let (servers, registry) = cluster(3);
+    let client = client(registry, |b| b).await;
+    let (load, tasks) = start_load(&client, 32, u64::MAX);
+    calls_reach(&load, 300).await;
+    for _ in 0..40 {
+        let s = Arc::clone(&servers[0]);
+        tokio::task::spawn_blocking(move || s.restart_gracefully(Duration::ZERO))
+            .await
+            .unwrap();
+        let at = load.calls();
+        calls_reach(&load, at + 100).await;
+    }
+    stop_load(&load, tasks).await;
+    assert_eq!(load.failed(), 0, "{:?}", load.errors.lock().unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

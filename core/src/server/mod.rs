@@ -13,7 +13,11 @@
 //!    checks) before the connection goes away;
 //! 4. stops accepting connections (HTTP/2 `GOAWAY`) and drains in-flight
 //!    calls, for at most the drain timeout;
-//! 5. returns a [`Stopped`] report.
+//! 5. lets each closed connection linger ([`Linger`]): it reads what the
+//!    client still sends until the client closes, so that a request sent
+//!    just after the `GOAWAY` is refused cleanly (and goes elsewhere), not
+//!    cut off by a connection reset;
+//! 6. returns a [`Stopped`] report.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -53,11 +57,13 @@
 //! ```
 
 mod health;
+mod linger;
 mod signal;
 #[cfg(feature = "tls")]
 mod tls;
 
 pub use health::HealthFlag;
+pub use linger::{Linger, Lingering, DEFAULT_LINGER};
 pub use signal::{shutdown_signal, Signal};
 
 use std::future::Future;
@@ -147,6 +153,7 @@ pub struct Lifecycle {
     options: RegisterOptions,
     drain_timeout: Duration,
     lame_duck: Duration,
+    linger: Duration,
     reporter: Option<HealthReporter>,
     services: Vec<String>,
     flag: Option<HealthFlag>,
@@ -162,6 +169,7 @@ impl std::fmt::Debug for Lifecycle {
             .field("options", &self.options)
             .field("drain_timeout", &self.drain_timeout)
             .field("lame_duck", &self.lame_duck)
+            .field("linger", &self.linger)
             .field("services", &self.services)
             .field("flag", &self.flag)
             .field("background", &self.background)
@@ -179,6 +187,7 @@ impl Lifecycle {
             options: RegisterOptions::default(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             lame_duck: DEFAULT_LAME_DUCK,
+            linger: DEFAULT_LINGER,
             reporter: None,
             services: Vec::new(),
             flag: None,
@@ -216,6 +225,15 @@ impl Lifecycle {
     /// [`DEFAULT_LAME_DUCK`]; zero skips the wait).
     pub fn lame_duck(mut self, delay: Duration) -> Self {
         self.lame_duck = delay;
+        self
+    }
+
+    /// How long a closed connection keeps reading what its client still
+    /// sends, until the client closes (default [`DEFAULT_LINGER`]; zero
+    /// closes at once). See [`Linger`]. After draining, [`serve`](Self::serve)
+    /// waits for the lingering connections, for at most this long.
+    pub fn linger(mut self, timeout: Duration) -> Self {
+        self.linger = timeout;
         self
     }
 
@@ -268,8 +286,9 @@ impl Lifecycle {
             .map(|a| a.to_string())
             .unwrap_or_default();
         let (drain_tx, drain_rx) = oneshot::channel::<()>();
+        let linger = Linger::new(self.linger);
         let mut server = pin!(router.serve_with_incoming_shutdown(
-            TcpIncoming::from(listener),
+            linger.incoming(TcpIncoming::from(listener)),
             async {
                 // A dropped sender also means "stop".
                 let _ = drain_rx.await;
@@ -342,6 +361,11 @@ impl Lifecycle {
                 false
             }
         };
+        if linger.open() > 0 {
+            tracing::debug!(instance = %self.instance, connections = linger.open(),
+                "waiting for closed connections to linger");
+            let _ = tokio::time::timeout(self.linger, linger.closed()).await;
+        }
         tracing::info!(instance = %self.instance, drained, "stopped");
         Ok(Stopped {
             deregister_error,

@@ -160,7 +160,11 @@ impl TestServer {
         let r = reporter.clone();
         rt.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            // Closed connections linger, as under `Lifecycle`: a request
+            // sent just after the GOAWAY is refused, not reset.
+            let linger = fyerrpc::server::Linger::new(Duration::from_secs(2));
+            let incoming =
+                linger.incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
             let shutdown = async {
                 let _ = stop_rx.await;
             };
@@ -183,6 +187,7 @@ impl TestServer {
                         .await;
                 }
             }
+            let _ = tokio::time::timeout(Duration::from_secs(3), linger.closed()).await;
             let _ = done_tx.send(());
         });
         *self.running.lock().unwrap() = Some(Running {
