@@ -3,6 +3,9 @@
 //! phases hit every target alike, and a ratio is taken within each round.
 //!
 //! `cargo run --release -p fyerrpc-benches --example paired -- [calls per batch] [rounds] [concurrency...] [target...]`
+//!
+//! `SERVERS=N` in the environment runs N greeter servers instead of three
+//! (with one, every target calls the same server over one connection).
 
 use std::time::Duration;
 
@@ -34,7 +37,8 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let cluster = rt.block_on(async { Cluster::start(3) })?;
+    let servers: usize = std::env::var("SERVERS").map_or(Ok(3), |v| v.parse())?;
+    let cluster = rt.block_on(async { Cluster::start(servers.max(1)) })?;
     let mut callers = Vec::new();
     for &t in &targets {
         callers.push((t, rt.block_on(Caller::connect(t, &cluster))?));
