@@ -128,16 +128,25 @@ impl Http2 {
             let req = this.with_origin(req)?;
             match send.try_send_request(req).await {
                 Ok(resp) => Ok(resp.map(Body::new)),
-                Err(mut e) => match e.take_message() {
-                    // Never handed to the connection (it was closing): once
-                    // more, on a fresh connection.
-                    Some(req) => {
-                        let mut send = Box::pin(this.dial_or_wait()).await?;
-                        Ok(send.send_request(req).await?.map(Body::new))
-                    }
-                    None => Err(Box::new(e.into_error()) as BoxError),
-                },
+                // Boxed: the rarely taken path would otherwise make every
+                // call's future larger (it is moved whole on every call).
+                Err(e) => Box::pin(this.resend(e)).await,
             }
+        }
+    }
+
+    /// A request the connection gave back unsent (it was closing) goes once
+    /// more, on a fresh connection; any other failure is returned.
+    async fn resend(
+        &self,
+        mut e: hyper::client::conn::TrySendError<Request<Body>>,
+    ) -> Result<Response<Body>, BoxError> {
+        match e.take_message() {
+            Some(req) => {
+                let mut send = Box::pin(self.dial_or_wait()).await?;
+                Ok(send.send_request(req).await?.map(Body::new))
+            }
+            None => Err(Box::new(e.into_error()) as BoxError),
         }
     }
 

@@ -73,9 +73,17 @@ use tokio::sync::Notify;
 /// How long a closed connection reads its peer's leftovers by default.
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
 
-/// Wraps server connections so that each lingers when closed (see the
-/// [module docs](self)), and tells when every one of them has closed.
-/// Cloning gives another handle to the same set.
+/// Wraps server connections so that each lingers when closed, and tells
+/// when every one of them has closed. Cloning gives another handle to the
+/// same set.
+///
+/// A connection HTTP/2 is done with shuts its write side and reads (and
+/// drops) what the client still sends, until the client closes or the
+/// timeout passes. Closed at once instead, a socket holding unread data
+/// resets the connection, and a client that wrote a request just after the
+/// server's `GOAWAY` fails it as a transport error (broken pipe) before it
+/// reads the `GOAWAY` that would have told it the request was not
+/// processed and may go elsewhere.
 #[derive(Debug, Clone)]
 pub struct Linger {
     shared: Arc<Shared>,
