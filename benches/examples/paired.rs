@@ -4,7 +4,8 @@
 //!
 //! `cargo run --release -p fyerrpc-benches --example paired -- [calls per batch] [rounds] [concurrency...] [target...]`
 //!
-//! `SERVERS=N` in the environment runs N greeter servers instead of three
+//! With `tls` among the arguments, the TLS targets run instead, on a TLS
+//! cluster. `SERVERS=N` in the environment runs N greeter servers instead of three
 //! (with one, every target calls the same server over one connection).
 
 use std::time::Duration;
@@ -28,17 +29,29 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     if levels.is_empty() {
         levels = vec![1, 16, 64];
     }
-    let targets: Vec<Target> = Target::ALL
-        .into_iter()
+    // `tls` measures the TLS targets (on a TLS cluster) instead.
+    let tls = rest.iter().any(|a| a == "tls");
+    let all: &[Target] = if tls { &Target::TLS } else { &Target::ALL };
+    let targets: Vec<Target> = all
+        .iter()
+        .copied()
         .filter(|t| {
-            rest.iter().all(|a| a.parse::<usize>().is_ok()) || rest.iter().any(|o| o == t.name())
+            rest.iter()
+                .all(|a| a.parse::<usize>().is_ok() || a == "tls")
+                || rest.iter().any(|o| o == t.name())
         })
         .collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let servers: usize = std::env::var("SERVERS").map_or(Ok(3), |v| v.parse())?;
-    let cluster = rt.block_on(async { Cluster::start(servers.max(1)) })?;
+    let cluster = rt.block_on(async {
+        if tls {
+            Cluster::start_tls(servers.max(1))
+        } else {
+            Ok(Cluster::start(servers.max(1))?)
+        }
+    })?;
     let mut callers = Vec::new();
     for &t in &targets {
         callers.push((t, rt.block_on(Caller::connect(t, &cluster))?));
@@ -57,7 +70,9 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 }
             }
         }
-        let f = targets.iter().position(|t| *t == Target::Fyerrpc);
+        let f = targets
+            .iter()
+            .position(|t| matches!(t, Target::Fyerrpc | Target::FyerrpcTls));
         println!("concurrency {conc}, {rounds} rounds of {calls} calls:");
         for (i, t) in targets.iter().enumerate() {
             let thr = median(&mut wall[i].clone());
