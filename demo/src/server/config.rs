@@ -72,6 +72,11 @@ pub struct ServerArgs {
     /// before it stops accepting (clients learn of the departure meanwhile).
     #[arg(long, default_value = "1s", value_parser = flags::duration)]
     pub lame_duck: Duration,
+    /// How long a closed connection keeps reading what its client still
+    /// sends (so a request sent just after the GOAWAY is refused cleanly,
+    /// not reset); 0s closes at once.
+    #[arg(long, default_value = "2s", value_parser = flags::duration)]
+    pub linger: Duration,
 }
 
 /// A flag combination that is invalid although each flag parsed.
@@ -160,6 +165,8 @@ mod tests {
         assert_eq!(a.faults().latency, Duration::from_millis(20));
         assert_eq!(a.faults().latency_jitter, Duration::from_millis(5));
         assert_eq!(a.health_host, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(a.linger, Duration::from_secs(2));
+        assert_eq!(parse(&["--linger", "0s"]).unwrap().linger, Duration::ZERO);
         let a = parse(&["--port", "0", "--register-in-background"]).unwrap();
         assert!(a.register_in_background);
         assert_eq!(a.health_port(), Ok(0));
@@ -185,6 +192,7 @@ mod tests {
             &["--health-host", "somewhere"],
             &["--latency", "fast"],
             &["--latency-jitter", "-1ms"],
+            &["--linger", "a while"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }

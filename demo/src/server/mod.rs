@@ -150,7 +150,8 @@ impl BoundServer {
             .health_flag(flag.clone())
             .register_in_background(self.args.register_in_background)
             .drain_timeout(self.args.drain_timeout)
-            .lame_duck(self.args.lame_duck);
+            .lame_duck(self.args.lame_duck)
+            .linger(self.args.linger);
         #[cfg(feature = "tls")]
         let (lifecycle, builder) = match self.args.tls.config()? {
             Some(tls) => {
