@@ -20,17 +20,24 @@
 //!                  │ Serving │  HTTP/2 runs on the connection
 //!                  └────┬────┘
 //!                       │ HTTP/2 done (GOAWAY sent, streams drained):
-//!                       │ the connection is dropped
+//!                       │ it shuts the connection down (poll_shutdown)
 //!                       ▼
 //!                  ┌───────────┐
-//!                  │ Lingering │  write side shut (FIN sent);
-//!                  └─────┬─────┘  whatever the peer sends is read and dropped
+//!                  │ Lingering │  write side shut (FIN sent); whatever the
+//!                  └─────┬─────┘  peer sends is read and dropped; the
+//!                        │        shutdown is not finished yet
 //!                        │ peer closes (end of stream) | read error | timeout
 //!                        ▼
 //!                  ┌────────┐
-//!                  │ Closed │  socket closed: no reset for the peer
-//!                  └────────┘
+//!                  │  Shut  │  shutdown finished: HTTP/2 drops the
+//!                  └────────┘  connection, no unread data, no reset
 //! ```
+//!
+//! The lingering happens inside the connection's shutdown, so a server
+//! that waits for its connections to finish (tonic's graceful shutdown)
+//! waits for it too, at most the linger timeout. A connection that ends
+//! without a shutdown (an error, a dropped runtime) closes at once, as a
+//! crash would. It needs a Tokio runtime with time enabled.
 //!
 //! [`Lifecycle`](super::Lifecycle) wraps its connections this way; servers
 //! built by hand can use [`Linger`] with tonic's `serve_with_incoming*`:
@@ -42,8 +49,8 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! let linger = Linger::new(Duration::from_secs(2));
-//! let incoming = linger.incoming(tonic::transport::server::TcpIncoming::from(listener));
+//! let incoming = Linger::new(Duration::from_secs(2))
+//!     .incoming(tonic::transport::server::TcpIncoming::from(listener));
 //! let (reporter, health) = tonic_health::server::health_reporter();
 //! # drop(reporter);
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -51,74 +58,60 @@
 //!     .add_service(health)
 //!     .serve_with_incoming_shutdown(incoming, async { stopped.await.ok(); });
 //! # stop.send(()).ok();
+//! // Returns once every connection has finished, lingering included.
 //! server.await?;
-//! // Let the closed connections finish lingering before the process exits.
-//! tokio::time::timeout(Duration::from_secs(3), linger.closed()).await.ok();
 //! # Ok(())
 //! # }
 //! ```
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_core::Stream;
 use futures_util::StreamExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::Notify;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// How long a closed connection reads its peer's leftovers by default.
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
 
-/// Wraps server connections so that each lingers when closed, and tells
-/// when every one of them has closed. Cloning gives another handle to the
-/// same set.
+/// Reads per poll while lingering before yielding to other tasks.
+const READS_PER_POLL: usize = 16;
+
+/// Wraps server connections so that each lingers when shut down.
 ///
 /// A connection HTTP/2 is done with shuts its write side and reads (and
 /// drops) what the client still sends, until the client closes or the
-/// timeout passes. Closed at once instead, a socket holding unread data
-/// resets the connection, and a client that wrote a request just after the
-/// server's `GOAWAY` fails it as a transport error (broken pipe) before it
-/// reads the `GOAWAY` that would have told it the request was not
-/// processed and may go elsewhere.
-#[derive(Debug, Clone)]
+/// timeout passes; only then does its shutdown finish. Closed at once
+/// instead, a socket holding unread data resets the connection, and a
+/// client that wrote a request just after the server's `GOAWAY` fails it as
+/// a transport error (broken pipe) before it reads the `GOAWAY` that would
+/// have told it the request was not processed and may go elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Linger {
-    shared: Arc<Shared>,
-}
-
-#[derive(Debug)]
-struct Shared {
     timeout: Duration,
-    /// Connections not closed yet (serving or lingering).
-    open: AtomicUsize,
-    all_closed: Notify,
 }
 
 impl Linger {
-    /// Connections closed through this handle read their peer's leftovers
-    /// for at most `timeout` (zero: close at once, as without it).
+    /// Connections shut down through this wrapper read their peer's
+    /// leftovers for at most `timeout` (zero: close at once, as without it).
     pub fn new(timeout: Duration) -> Self {
-        Self {
-            shared: Arc::new(Shared {
-                timeout,
-                open: AtomicUsize::new(0),
-                all_closed: Notify::new(),
-            }),
-        }
+        Self { timeout }
+    }
+
+    /// How long a connection may linger.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Wraps one connection.
-    pub fn wrap<T>(&self, io: T) -> Lingering<T>
-    where
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        self.shared.open.fetch_add(1, Ordering::AcqRel);
+    pub fn wrap<T>(&self, io: T) -> Lingering<T> {
         Lingering {
-            io: Some(io),
-            open: Some(Open(Arc::clone(&self.shared))),
+            io,
+            timeout: self.timeout,
+            state: State::Serving,
         }
     }
 
@@ -127,30 +120,9 @@ impl Linger {
     pub fn incoming<S, T, E>(&self, incoming: S) -> impl Stream<Item = Result<Lingering<T>, E>>
     where
         S: Stream<Item = Result<T, E>>,
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let this = self.clone();
+        let this = *self;
         incoming.map(move |conn| conn.map(|io| this.wrap(io)))
-    }
-
-    /// Connections wrapped and not closed yet.
-    pub fn open(&self) -> usize {
-        self.shared.open.load(Ordering::Acquire)
-    }
-
-    /// Resolves once every wrapped connection has closed: none is serving
-    /// or lingering. Bound it with a timeout: a connection still serving
-    /// keeps it waiting.
-    pub async fn closed(&self) {
-        loop {
-            let notified = self.shared.all_closed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.open() == 0 {
-                return;
-            }
-            notified.await;
-        }
     }
 }
 
@@ -161,60 +133,46 @@ impl Default for Linger {
     }
 }
 
-/// Counts one connection as open until dropped.
+/// Where a connection is in its shutdown (see the module's diagram).
 #[derive(Debug)]
-struct Open(Arc<Shared>);
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.all_closed.notify_waiters();
-        }
-    }
+enum State {
+    Serving,
+    Lingering(Pin<Box<tokio::time::Sleep>>),
+    Shut,
 }
 
-/// A server connection that lingers when dropped: see [`Linger`].
+/// A server connection that lingers when shut down: see [`Linger`].
 #[derive(Debug)]
-pub struct Lingering<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
-    /// `None` only while being dropped.
-    io: Option<T>,
-    open: Option<Open>,
+pub struct Lingering<T> {
+    io: T,
+    timeout: Duration,
+    state: State,
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Lingering<T> {
+impl<T> Lingering<T> {
     /// The wrapped connection.
-    pub fn get_ref(&self) -> Option<&T> {
-        self.io.as_ref()
+    pub fn get_ref(&self) -> &T {
+        &self.io
     }
 }
 
-fn gone() -> io::Error {
-    io::Error::new(io::ErrorKind::NotConnected, "connection already closed")
-}
-
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for Lingering<T> {
+impl<T: AsyncRead + Unpin> AsyncRead for Lingering<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.io.as_mut() {
-            Some(io) => Pin::new(io).poll_read(cx, buf),
-            None => Poll::Ready(Err(gone())),
-        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Lingering<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Lingering<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.io.as_mut() {
-            Some(io) => Pin::new(io).poll_write(cx, buf),
-            None => Poll::Ready(Err(gone())),
-        }
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -222,108 +180,89 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Lingerin
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.io.as_mut() {
-            Some(io) => Pin::new(io).poll_write_vectored(cx, bufs),
-            None => Poll::Ready(Err(gone())),
-        }
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.as_ref().is_some_and(|io| io.is_write_vectored())
+        self.io.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.io.as_mut() {
-            Some(io) => Pin::new(io).poll_flush(cx),
-            None => Poll::Ready(Err(gone())),
-        }
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.io.as_mut() {
-            Some(io) => Pin::new(io).poll_shutdown(cx),
-            None => Poll::Ready(Ok(())),
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                State::Serving => {
+                    let shut = match Pin::new(&mut this.io).poll_shutdown(cx) {
+                        Poll::Ready(r) => r,
+                        Poll::Pending => return Poll::Pending,
+                    };
+                    if shut.is_err() || this.timeout.is_zero() {
+                        this.state = State::Shut;
+                        return Poll::Ready(shut);
+                    }
+                    this.state = State::Lingering(Box::pin(tokio::time::sleep(this.timeout)));
+                }
+                State::Lingering(deadline) => {
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        this.state = State::Shut;
+                        return Poll::Ready(Ok(()));
+                    }
+                    return match drain(&mut this.io, cx) {
+                        Poll::Ready(()) => {
+                            this.state = State::Shut;
+                            Poll::Ready(Ok(()))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+                State::Shut => return Poll::Ready(Ok(())),
+            }
         }
     }
 }
 
-impl<T> tonic::transport::server::Connected for Lingering<T>
-where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static + tonic::transport::server::Connected,
-{
-    type ConnectInfo = Option<T::ConnectInfo>;
+/// Reads and drops what the peer sends: ready when it has closed (or the
+/// read failed); pending while it may send more.
+fn drain<T: AsyncRead + Unpin>(io: &mut T, cx: &mut Context<'_>) -> Poll<()> {
+    let mut buf = [0u8; 2048];
+    for _ in 0..READS_PER_POLL {
+        let mut read = ReadBuf::new(&mut buf);
+        match Pin::new(&mut *io).poll_read(cx, &mut read) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(_)) => return Poll::Ready(()),
+            Poll::Ready(Ok(())) if read.filled().is_empty() => return Poll::Ready(()),
+            Poll::Ready(Ok(())) => {}
+        }
+    }
+    // A peer that keeps sending: let other tasks run, then read on.
+    cx.waker().wake_by_ref();
+    Poll::Pending
+}
+
+impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected for Lingering<T> {
+    type ConnectInfo = T::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.as_ref().map(|io| io.connect_info())
-    }
-}
-
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Lingering<T> {
-    fn drop(&mut self) {
-        let (Some(io), Some(open)) = (self.io.take(), self.open.take()) else {
-            return;
-        };
-        if open.0.timeout.is_zero() {
-            return;
-        }
-        // Outside a runtime (or in one shutting down) the connection just
-        // closes, as it would without lingering.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let timeout = open.0.timeout;
-            runtime.spawn(async move {
-                let _ = tokio::time::timeout(timeout, read_to_end(io)).await;
-                drop(open);
-            });
-        }
-    }
-}
-
-/// Shuts the write side (if not shut already) and reads until the peer
-/// closes.
-async fn read_to_end<T: AsyncRead + AsyncWrite + Unpin>(mut io: T) {
-    let _ = io.shutdown().await;
-    let mut buf = vec![0u8; 4096];
-    while let Ok(n) = io.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
+        self.io.connect_info()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
-    /// A client that has sent bytes the server never read, then the server
-    /// says goodbye and closes. Returns what the client reads afterwards,
-    /// after writing once more.
-    async fn goodbye(linger: Option<&Linger>) -> (io::Result<usize>, io::Result<Vec<u8>>) {
+    async fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
-        let mut client = TcpStream::connect(addr).await.expect("connect");
+        let client = TcpStream::connect(addr).await.expect("connect");
         let (server, _) = listener.accept().await.expect("accept");
-        client.write_all(&[7u8; 64]).await.expect("first write");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        match linger {
-            Some(l) => {
-                let mut server = l.wrap(server);
-                server.write_all(b"bye").await.expect("goodbye");
-                drop(server);
-            }
-            None => {
-                let mut server = server;
-                server.write_all(b"bye").await.expect("goodbye");
-                drop(server);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        // Like a request sent before the goodbye was read.
-        let wrote = client.write(&[8u8; 64]).await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let mut got = Vec::new();
-        let read = client.read_to_end(&mut got).await.map(|_| got);
-        (wrote, read)
+        (client, server)
     }
 
     #[cfg(target_os = "linux")]
@@ -332,8 +271,17 @@ mod tests {
         // Why lingering exists: the kernel resets the connection, and the
         // client's next write fails (in an HTTP/2 client: before it has read
         // the GOAWAY waiting in its buffer, so every open stream fails).
-        let (wrote, _) = goodbye(None).await;
-        let err = wrote.expect_err("the reset fails the late write");
+        let (mut client, mut server) = pair().await;
+        client.write_all(&[7u8; 64]).await.expect("first write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        server.write_all(b"bye").await.expect("goodbye");
+        server.shutdown().await.expect("shut down");
+        drop(server);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let err = client
+            .write(&[8u8; 64])
+            .await
+            .expect_err("the reset fails the late write");
         assert!(
             matches!(
                 err.kind(),
@@ -344,40 +292,78 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_lingering_close_delivers_the_goodbye_and_the_end() {
-        let linger = Linger::new(Duration::from_secs(5));
-        let (wrote, read) = goodbye(Some(&linger)).await;
-        assert!(wrote.is_ok(), "a late write is read and dropped: {wrote:?}");
-        assert_eq!(read.expect("no reset"), b"bye");
-        // The client has closed (dropped in `goodbye`): lingering ends.
-        tokio::time::timeout(Duration::from_secs(2), linger.closed())
+    async fn a_lingering_shutdown_reads_until_the_client_closes() {
+        let (mut client, server) = pair().await;
+        client.write_all(&[7u8; 64]).await.expect("first write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut server = Linger::new(Duration::from_secs(30)).wrap(server);
+        server.write_all(b"bye").await.expect("goodbye");
+        let shutdown = tokio::spawn(async move { server.shutdown().await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Like a request sent before the goodbye was read: accepted.
+        client.write_all(&[8u8; 64]).await.expect("late write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!shutdown.is_finished(), "lingers while the client is there");
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.expect("no reset");
+        assert_eq!(got, b"bye", "the goodbye, then the end");
+        drop(client);
+        let done = tokio::time::timeout(Duration::from_secs(5), shutdown)
             .await
-            .expect("every connection closed");
-        assert_eq!(linger.open(), 0);
+            .expect("shutdown ends when the client closes")
+            .expect("the task ran");
+        assert!(done.is_ok(), "{done:?}");
     }
 
     #[tokio::test]
-    async fn a_silent_peer_is_let_go_after_the_timeout() {
-        let linger = Linger::new(Duration::from_millis(100));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let _client = TcpStream::connect(addr).await.expect("connect");
-        let (server, _) = listener.accept().await.expect("accept");
-        drop(linger.wrap(server));
-        assert_eq!(linger.open(), 1, "lingering while the client stays");
-        tokio::time::timeout(Duration::from_secs(2), linger.closed())
+    async fn a_silent_client_is_let_go_after_the_timeout() {
+        let (_client, server) = pair().await;
+        let mut server = Linger::new(Duration::from_millis(100)).wrap(server);
+        let t0 = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), server.shutdown())
             .await
-            .expect("let go after the timeout");
+            .expect("let go after the timeout")
+            .expect("a clean shutdown");
+        assert!(
+            t0.elapsed() >= Duration::from_millis(90),
+            "held until the timeout: {:?}",
+            t0.elapsed()
+        );
     }
 
     #[tokio::test]
-    async fn no_linger_closes_at_once() {
-        let linger = Linger::new(Duration::ZERO);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let _client = TcpStream::connect(addr).await.expect("connect");
-        let (server, _) = listener.accept().await.expect("accept");
-        drop(linger.wrap(server));
-        assert_eq!(linger.open(), 0);
+    async fn the_connection_info_is_the_wrapped_connections() {
+        use tonic::transport::server::{Connected, TcpConnectInfo};
+        let (client, server) = pair().await;
+        // The same type as unwrapped: tonic's `Request::remote_addr` and
+        // `peer_certs` look it up by type.
+        let info: TcpConnectInfo = Linger::default().wrap(server).connect_info();
+        assert_eq!(info.remote_addr(), client.local_addr().ok());
+    }
+
+    #[tokio::test]
+    async fn a_client_that_keeps_sending_is_let_go_after_the_timeout() {
+        let (mut client, server) = pair().await;
+        let mut server = Linger::new(Duration::from_millis(200)).wrap(server);
+        let sender = tokio::spawn(async move {
+            while client.write_all(&[1u8; 4096]).await.is_ok() {
+                tokio::task::yield_now().await;
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(5), server.shutdown())
+            .await
+            .expect("let go after the timeout")
+            .expect("a clean shutdown");
+        sender.abort();
+    }
+
+    #[tokio::test]
+    async fn no_linger_shuts_down_at_once() {
+        let (_client, server) = pair().await;
+        let mut server = Linger::new(Duration::ZERO).wrap(server);
+        tokio::time::timeout(Duration::from_secs(1), server.shutdown())
+            .await
+            .expect("at once")
+            .expect("a clean shutdown");
     }
 }

@@ -12,12 +12,12 @@
 //!    clients learn of the departure from their registry watch (or health
 //!    checks) before the connection goes away;
 //! 4. stops accepting connections (HTTP/2 `GOAWAY`) and drains in-flight
-//!    calls, for at most the drain timeout;
-//! 5. lets each closed connection linger ([`Linger`]): it reads what the
-//!    client still sends until the client closes, so that a request sent
-//!    just after the `GOAWAY` is refused cleanly (and goes elsewhere), not
-//!    cut off by a connection reset;
-//! 6. returns a [`Stopped`] report.
+//!    calls, for at most the drain timeout; each finished connection
+//!    lingers ([`Linger`]): it reads what the client still sends until the
+//!    client closes, so that a request sent just after the `GOAWAY` is
+//!    refused cleanly (and goes elsewhere), not cut off by a connection
+//!    reset;
+//! 5. returns a [`Stopped`] report.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -228,10 +228,10 @@ impl Lifecycle {
         self
     }
 
-    /// How long a closed connection keeps reading what its client still
+    /// How long a finished connection keeps reading what its client still
     /// sends, until the client closes (default [`DEFAULT_LINGER`]; zero
-    /// closes at once). See [`Linger`]. After draining, [`serve`](Self::serve)
-    /// waits for the lingering connections, for at most this long.
+    /// closes at once). See [`Linger`]. The lingering is part of the drain
+    /// (and of its timeout).
     pub fn linger(mut self, timeout: Duration) -> Self {
         self.linger = timeout;
         self
@@ -286,9 +286,8 @@ impl Lifecycle {
             .map(|a| a.to_string())
             .unwrap_or_default();
         let (drain_tx, drain_rx) = oneshot::channel::<()>();
-        let linger = Linger::new(self.linger);
         let mut server = pin!(router.serve_with_incoming_shutdown(
-            linger.incoming(TcpIncoming::from(listener)),
+            Linger::new(self.linger).incoming(TcpIncoming::from(listener)),
             async {
                 // A dropped sender also means "stop".
                 let _ = drain_rx.await;
@@ -361,11 +360,6 @@ impl Lifecycle {
                 false
             }
         };
-        if linger.open() > 0 {
-            tracing::debug!(instance = %self.instance, connections = linger.open(),
-                "waiting for closed connections to linger");
-            let _ = tokio::time::timeout(self.linger, linger.closed()).await;
-        }
         tracing::info!(instance = %self.instance, drained, "stopped");
         Ok(Stopped {
             deregister_error,

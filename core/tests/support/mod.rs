@@ -187,7 +187,6 @@ impl TestServer {
                         .await;
                 }
             }
-            let _ = tokio::time::timeout(Duration::from_secs(3), linger.closed()).await;
             let _ = done_tx.send(());
         });
         *self.running.lock().unwrap() = Some(Running {
