@@ -4,6 +4,10 @@
 //!
 //! `cargo run --release -p fyerrpc-benches --example overhead [calls] [concurrency] [target...]`
 //!
+//! With `tls` among the targets, the TLS targets run instead, on a TLS
+//! cluster; `SERVERS=N` in the environment runs N greeter servers instead of
+//! three (with one, every target carries its calls on one connection).
+//!
 //! With `--multi-thread`, the runtime has a worker per core instead (the
 //! CPU column is then the whole process's). With `--prometheus`, a Prometheus recorder is installed
 //! first (as a service exporting its client metrics would), so the cost of
@@ -57,8 +61,11 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         metrics::set_global_recorder(recorder)?;
     }
     let multi = take_flag(&mut only, "--multi-thread");
-    let targets: Vec<Target> = Target::ALL
-        .into_iter()
+    let tls = take_flag(&mut only, "tls");
+    let all: &[Target] = if tls { &Target::TLS } else { &Target::ALL };
+    let targets: Vec<Target> = all
+        .iter()
+        .copied()
         .filter(|t| only.is_empty() || only.iter().any(|o| o == t.name()))
         .collect();
     let rt = if multi {
@@ -69,7 +76,14 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     .enable_all()
     .build()?;
     let cpu_now = if multi { cpu::process } else { cpu::thread };
-    let cluster = rt.block_on(async { Cluster::start(3) })?;
+    let servers: usize = std::env::var("SERVERS").map_or(Ok(3), |v| v.parse())?;
+    let cluster = rt.block_on(async {
+        if tls {
+            Cluster::start_tls(servers.max(1))
+        } else {
+            Ok(Cluster::start(servers.max(1))?)
+        }
+    })?;
     let mut t = Table::new([
         "target",
         "µs per call (wall)",
