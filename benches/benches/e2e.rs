@@ -3,8 +3,8 @@
 //! of three servers taken in turn, tonic's balanced channel over the three,
 //! and the fyerrpc client over the same three servers (p2c, breaker,
 //! failover); then, over a second cluster of three servers serving TLS, a
-//! plain tonic channel over TLS to one server and the fyerrpc client over
-//! TLS. Servers and clients share one tokio runtime with a worker per core.
+//! plain tonic channel over TLS to one server, tonic's balanced channel over
+//! TLS to the three and the fyerrpc client over TLS. Servers and clients share one tokio runtime with a worker per core.
 //!
 //! Each iteration is a batch of [`BATCH`] calls spread over the concurrent
 //! tasks; throughput is calls per second (wall time). The process CPU time
@@ -129,9 +129,12 @@ fn summary(wall: &Tally<Key>, cpu: &Tally<Key>) -> String {
     let mut tls = Table::new([
         "concurrency",
         "tonic TLS (calls/s)",
+        "tonic TLS balanced (calls/s)",
         "fyerrpc TLS (calls/s)",
         "fyerrpc TLS / tonic TLS",
+        "fyerrpc TLS / tonic TLS balanced",
         "CPU µs/call: tonic TLS",
+        "tonic TLS balanced",
         "fyerrpc TLS",
     ]);
     for conc in CONCURRENCY {
@@ -141,12 +144,16 @@ fn summary(wall: &Tally<Key>, cpu: &Tally<Key>) -> String {
             cpu.nanos_per(&(conc, target))
                 .map_or("-".to_owned(), |ns| format!("{:.1}", ns / 1e3))
         };
+        let f = rate(Target::FyerrpcTls);
         tls.row([
             conc.to_string(),
             cell(Target::TonicTls),
+            cell(Target::TonicTlsBalanced),
             cell(Target::FyerrpcTls),
-            ratio(rate(Target::FyerrpcTls), rate(Target::TonicTls)),
+            ratio(f, rate(Target::TonicTls)),
+            ratio(f, rate(Target::TonicTlsBalanced)),
             cpu_us(Target::TonicTls),
+            cpu_us(Target::TonicTlsBalanced),
             cpu_us(Target::FyerrpcTls),
         ]);
     }

@@ -1,6 +1,7 @@
 //! Targets measured in turn, batch by batch, in one process: each round
 //! runs one batch of every target back to back, so that the machine's slow
 //! phases hit every target alike, and a ratio is taken within each round.
+//! The order turns by one target each round.
 //!
 //! `cargo run --release -p fyerrpc-benches --example paired -- [calls per batch] [rounds] [concurrency...] [target...]`
 //!
@@ -60,7 +61,12 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let mut wall: Vec<Vec<f64>> = vec![Vec::new(); callers.len()];
         let mut cpu_us: Vec<Vec<f64>> = vec![Vec::new(); callers.len()];
         for round in 0..=rounds {
-            for (i, (_, caller)) in callers.iter().enumerate() {
+            // Each round starts with the next target, so that no target
+            // always follows the same one (whatever a batch leaves behind,
+            // say its connections' last frames, falls on every target alike).
+            for k in 0..callers.len() {
+                let i = (round + k) % callers.len();
+                let caller = &callers[i].1;
                 let c0 = cpu::process();
                 let elapsed: Duration = rt.block_on(caller.run(calls, conc))?;
                 let c1 = cpu::process();
@@ -88,7 +94,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 )
             });
             println!(
-                "  {:15} {:9.0} calls/s  cpu {:6.1} µs  {}",
+                "  {:18} {:9.0} calls/s  cpu {:6.1} µs  {}",
                 t.name(),
                 thr,
                 cpu,

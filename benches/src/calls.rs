@@ -43,6 +43,9 @@ pub enum Target {
     /// A plain tonic `Channel` to the first server of a TLS cluster (tonic's
     /// rustls).
     TonicTls,
+    /// tonic's balanced channel, as [`Target::TonicBalanced`], over every
+    /// server of a TLS cluster.
+    TonicTlsBalanced,
     /// The fyerrpc client, as [`Target::Fyerrpc`], over a TLS cluster.
     FyerrpcTls,
 }
@@ -57,11 +60,18 @@ impl Target {
     ];
 
     /// The targets that need a TLS cluster ([`Cluster::start_tls`]).
-    pub const TLS: [Target; 2] = [Target::TonicTls, Target::FyerrpcTls];
+    pub const TLS: [Target; 3] = [
+        Target::TonicTls,
+        Target::TonicTlsBalanced,
+        Target::FyerrpcTls,
+    ];
 
     /// Whether the target talks TLS.
     pub fn is_tls(self) -> bool {
-        matches!(self, Target::TonicTls | Target::FyerrpcTls)
+        matches!(
+            self,
+            Target::TonicTls | Target::TonicTlsBalanced | Target::FyerrpcTls
+        )
     }
 
     /// The target's name in benchmark ids and tables.
@@ -72,6 +82,7 @@ impl Target {
             Target::TonicBalanced => "tonic_balanced",
             Target::Fyerrpc => "fyerrpc",
             Target::TonicTls => "tonic_tls",
+            Target::TonicTlsBalanced => "tonic_tls_balanced",
             Target::FyerrpcTls => "fyerrpc_tls",
         }
     }
@@ -102,6 +113,18 @@ pub enum Caller {
 
 fn endpoint(addr: std::net::SocketAddr) -> Result<Endpoint, tonic::transport::Error> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))?.connect_timeout(Duration::from_secs(1)))
+}
+
+/// A TLS endpoint of `cluster`'s server at `addr`, trusting the cluster's CA.
+fn tls_endpoint(
+    cluster: &Cluster,
+    addr: std::net::SocketAddr,
+) -> Result<Endpoint, tonic::transport::Error> {
+    let ca = cluster.ca_pem().unwrap_or_default();
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+    Endpoint::from_shared(format!("https://{addr}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .tls_config(tls)
 }
 
 /// The fyerrpc client as the end-to-end benchmark runs it: p2c, a
@@ -169,13 +192,18 @@ impl Caller {
             Target::Fyerrpc | Target::FyerrpcTls => {
                 Caller::Fyerrpc(GreetServiceClient::new(fyerrpc_client(cluster).await?))
             }
-            Target::TonicTls => {
-                let ca = cluster.ca_pem().unwrap_or_default();
-                let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
-                let endpoint = Endpoint::from_shared(format!("https://{first}"))?
-                    .connect_timeout(Duration::from_secs(1))
-                    .tls_config(tls)?;
-                Caller::Channel(GreetServiceClient::new(endpoint.connect().await?))
+            Target::TonicTls => Caller::Channel(GreetServiceClient::new(
+                tls_endpoint(cluster, first)?.connect().await?,
+            )),
+            Target::TonicTlsBalanced => {
+                let endpoints = cluster
+                    .addrs()
+                    .iter()
+                    .map(|a| tls_endpoint(cluster, *a))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Caller::Channel(GreetServiceClient::new(Channel::balance_list(
+                    endpoints.into_iter(),
+                )))
             }
         };
         // Enough concurrent calls that every server gets some.
