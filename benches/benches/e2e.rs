@@ -4,7 +4,8 @@
 //! and the fyerrpc client over the same three servers (p2c, breaker,
 //! failover); then, over a second cluster of three servers serving TLS, a
 //! plain tonic channel over TLS to one server, tonic's balanced channel over
-//! TLS to the three and the fyerrpc client over TLS. Servers and clients share one tokio runtime with a worker per core.
+//! TLS to the three and the fyerrpc client over TLS. Servers and clients
+//! share one tokio runtime with a worker per core.
 //!
 //! Each iteration is a batch of [`BATCH`] calls spread over the concurrent
 //! tasks; throughput is calls per second (wall time). The process CPU time

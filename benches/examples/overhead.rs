@@ -76,14 +76,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     .enable_all()
     .build()?;
     let cpu_now = if multi { cpu::process } else { cpu::thread };
-    let servers: usize = std::env::var("SERVERS").map_or(Ok(3), |v| v.parse())?;
-    let cluster = rt.block_on(async {
-        if tls {
-            Cluster::start_tls(servers.max(1))
-        } else {
-            Ok(Cluster::start(servers.max(1))?)
-        }
-    })?;
+    let cluster = rt.block_on(async { Cluster::start_from_env(tls) })?;
     let mut t = Table::new([
         "target",
         "µs per call (wall)",

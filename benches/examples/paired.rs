@@ -45,14 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let servers: usize = std::env::var("SERVERS").map_or(Ok(3), |v| v.parse())?;
-    let cluster = rt.block_on(async {
-        if tls {
-            Cluster::start_tls(servers.max(1))
-        } else {
-            Ok(Cluster::start(servers.max(1))?)
-        }
-    })?;
+    let cluster = rt.block_on(async { Cluster::start_from_env(tls) })?;
     let mut callers = Vec::new();
     for &t in &targets {
         callers.push((t, rt.block_on(Caller::connect(t, &cluster))?));

@@ -84,6 +84,22 @@ impl Cluster {
         Ok(Self::start_with(n, Some(tls), Some(ca_pem))?)
     }
 
+    /// The cluster the examples measure: `SERVERS` greeter servers from the
+    /// environment (three when unset, at least one), serving TLS when `tls`.
+    pub fn start_from_env(tls: bool) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let servers: usize = match std::env::var("SERVERS") {
+            Ok(v) => v
+                .parse()
+                .map_err(|e| format!("SERVERS={v:?} is not a number of servers: {e}"))?,
+            Err(_) => 3,
+        };
+        if tls {
+            Self::start_tls(servers.max(1))
+        } else {
+            Ok(Self::start(servers.max(1))?)
+        }
+    }
+
     fn start_with(
         n: usize,
         tls: Option<ServerTlsConfig>,
