@@ -7,7 +7,8 @@
 //!
 //! With `tls` among the arguments, the TLS targets run instead, on a TLS
 //! cluster. `SERVERS=N` in the environment runs N greeter servers instead of three
-//! (with one, every target calls the same server over one connection).
+//! (with one, every target calls the same server over one connection), and
+//! `WORKERS=N` gives the runtime N worker threads instead of one per core.
 
 use std::time::Duration;
 
@@ -42,9 +43,15 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 || rest.iter().any(|o| o == t.name())
         })
         .collect();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // `WORKERS=N`: the runtime's worker threads (one per core by default).
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Ok(v) = std::env::var("WORKERS") {
+        let n: usize = v
+            .parse()
+            .map_err(|e| format!("WORKERS={v:?} is not a number of threads: {e}"))?;
+        builder.worker_threads(n.max(1));
+    }
+    let rt = builder.enable_all().build()?;
     let cluster = rt.block_on(async { Cluster::start_from_env(tls) })?;
     let mut callers = Vec::new();
     for &t in &targets {
