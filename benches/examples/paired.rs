@@ -9,6 +9,11 @@
 //! cluster. `SERVERS=N` in the environment runs N greeter servers instead of three
 //! (with one, every target calls the same server over one connection), and
 //! `WORKERS=N` gives the runtime N worker threads instead of one per core.
+//!
+//! A target named twice gets two clients, measured as two targets: an A/A
+//! check of the harness (`paired 2000 21 16 64 fyerrpc fyerrpc`). The ratio
+//! column compares each target with the first fyerrpc target, or with the
+//! first target when there is none.
 
 use std::time::Duration;
 
@@ -34,15 +39,35 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // `tls` measures the TLS targets (on a TLS cluster) instead.
     let tls = rest.iter().any(|a| a == "tls");
     let all: &[Target] = if tls { &Target::TLS } else { &Target::ALL };
-    let targets: Vec<Target> = all
+    // Targets in table order, each as often as it is named: a target named
+    // twice is measured twice, an A/A check of the harness itself (two
+    // identical clients should come out level).
+    let mut targets: Vec<Target> = Vec::new();
+    for t in all {
+        let named = rest.iter().filter(|a| *a == t.name()).count();
+        targets.extend(std::iter::repeat_n(*t, named));
+    }
+    let known = |a: &String| {
+        a.parse::<usize>().is_ok()
+            || a == "tls"
+            || Target::ALL
+                .iter()
+                .chain(&Target::TLS)
+                .any(|t| t.name() == a)
+    };
+    if let Some(bad) = rest.iter().find(|a| !known(a)) {
+        return Err(format!("{bad:?} is neither a concurrency level, `tls` nor a target").into());
+    }
+    if let Some(other) = rest
         .iter()
-        .copied()
-        .filter(|t| {
-            rest.iter()
-                .all(|a| a.parse::<usize>().is_ok() || a == "tls")
-                || rest.iter().any(|o| o == t.name())
-        })
-        .collect();
+        .find(|a| a.parse::<usize>().is_err() && *a != "tls" && !all.iter().any(|t| t.name() == *a))
+    {
+        let kind = if tls { "plaintext" } else { "TLS" };
+        return Err(format!("{other} is a {kind} target: add or drop `tls`").into());
+    }
+    if targets.is_empty() {
+        targets = all.to_vec();
+    }
     // `WORKERS=N`: the runtime's worker threads (one per core by default).
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Ok(v) = std::env::var("WORKERS") {
@@ -76,18 +101,27 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 }
             }
         }
+        // The reference: the first fyerrpc target, or else the first target.
         let f = targets
             .iter()
-            .position(|t| matches!(t, Target::Fyerrpc | Target::FyerrpcTls));
+            .position(|t| matches!(t, Target::Fyerrpc | Target::FyerrpcTls))
+            .or((!targets.is_empty()).then_some(0));
+        let reference = f.map_or("", |f| targets[f].name());
         println!("concurrency {conc}, {rounds} rounds of {calls} calls:");
         for (i, t) in targets.iter().enumerate() {
+            // A target named twice: its second client is "name#2".
+            let copy = targets[..i].iter().filter(|o| *o == t).count();
+            let label = match copy {
+                0 => t.name().to_owned(),
+                k => format!("{}#{}", t.name(), k + 1),
+            };
             let thr = median(&mut wall[i].clone());
             let cpu = median(&mut cpu_us[i].clone());
             let ratio = f.map(|f| {
                 let mut r: Vec<f64> = wall[f].iter().zip(&wall[i]).map(|(a, b)| a / b).collect();
                 r.sort_by(f64::total_cmp);
                 format!(
-                    "fyerrpc/this {:.3} (q1 {:.3}, q3 {:.3})",
+                    "{reference}/this {:.3} (q1 {:.3}, q3 {:.3})",
                     r[r.len() / 2],
                     r[r.len() / 4],
                     r[3 * r.len() / 4]
@@ -95,7 +129,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             });
             println!(
                 "  {:18} {:9.0} calls/s  cpu {:6.1} µs  {}",
-                t.name(),
+                label,
                 thr,
                 cpu,
                 ratio.unwrap_or_default()
