@@ -260,20 +260,38 @@ impl fmt::Display for DialTimedOut {
 
 impl StdError for DialTimedOut {}
 
+/// The executor of the tasks hyper spawns for a connection, one of them for
+/// each request whose body is not sent in one go: it boxes the future
+/// before spawning it. A spawned future is moved into its task by value,
+/// and hyper's HTTP/2 futures are large, so spawning them unboxed copies
+/// their bytes several times (into the spawn call, the task cell, its
+/// stage); one allocation costs less.
+#[derive(Clone, Copy, Debug)]
+struct BoxedExecutor;
+
+impl<F> hyper::rt::Executor<F> for BoxedExecutor
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(Box::pin(fut));
+    }
+}
+
 /// Starts HTTP/2 on a connected stream and spawns the task that drives the
 /// connection; returns its request sender.
 pub(crate) async fn start<T>(io: T) -> Result<SendRequest<Body>, BoxError>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (send, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .timer(hyper_util::rt::TokioTimer::new())
-            .keep_alive_interval(KEEP_ALIVE_INTERVAL)
-            .keep_alive_while_idle(false)
-            .handshake(io)
-            .await
-            .map_err(|e| Box::new(tonic::ConnectError(Box::new(e))) as BoxError)?;
+    let (send, conn) = hyper::client::conn::http2::Builder::new(BoxedExecutor)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_while_idle(false)
+        .handshake(io)
+        .await
+        .map_err(|e| Box::new(tonic::ConnectError(Box::new(e))) as BoxError)?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
