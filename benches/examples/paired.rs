@@ -47,23 +47,21 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let named = rest.iter().filter(|a| *a == t.name()).count();
         targets.extend(std::iter::repeat_n(*t, named));
     }
-    let known = |a: &String| {
-        a.parse::<usize>().is_ok()
-            || a == "tls"
-            || Target::ALL
-                .iter()
-                .chain(&Target::TLS)
-                .any(|t| t.name() == a)
-    };
-    if let Some(bad) = rest.iter().find(|a| !known(a)) {
-        return Err(format!("{bad:?} is neither a concurrency level, `tls` nor a target").into());
-    }
-    if let Some(other) = rest
+    for a in rest
         .iter()
-        .find(|a| a.parse::<usize>().is_err() && *a != "tls" && !all.iter().any(|t| t.name() == *a))
+        .filter(|a| a.parse::<usize>().is_err() && *a != "tls")
     {
-        let kind = if tls { "plaintext" } else { "TLS" };
-        return Err(format!("{other} is a {kind} target: add or drop `tls`").into());
+        if all.iter().any(|t| t.name() == a) {
+            continue;
+        }
+        let other: &[Target] = if tls { &Target::ALL } else { &Target::TLS };
+        return Err(if other.iter().any(|t| t.name() == a) {
+            let kind = if tls { "plaintext" } else { "TLS" };
+            format!("{a} is a {kind} target: add or drop `tls`")
+        } else {
+            format!("{a:?} is neither a concurrency level, `tls` nor a target")
+        }
+        .into());
     }
     if targets.is_empty() {
         targets = all.to_vec();

@@ -260,12 +260,12 @@ impl fmt::Display for DialTimedOut {
 
 impl StdError for DialTimedOut {}
 
-/// The executor of the tasks hyper spawns for a connection, one of them for
-/// each request whose body is not sent in one go: it boxes the future
-/// before spawning it. A spawned future is moved into its task by value,
-/// and hyper's HTTP/2 futures are large, so spawning them unboxed copies
-/// their bytes several times (into the spawn call, the task cell, its
-/// stage); one allocation costs less.
+/// The executor of the tasks hyper spawns for a connection (for every
+/// request, the one that waits for its response, and one more for a body
+/// not sent in one go): it boxes the future before spawning it. A spawned
+/// future is moved into its task by value, and hyper's HTTP/2 futures are
+/// large, so spawning them unboxed copies their bytes several times (into
+/// the spawn call, the task cell, its stage); one allocation costs less.
 #[derive(Clone, Copy, Debug)]
 struct BoxedExecutor;
 
