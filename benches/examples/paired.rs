@@ -68,10 +68,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     }
     // `WORKERS=N`: the runtime's worker threads (one per core by default).
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Ok(v) = std::env::var("WORKERS") {
-        let n: usize = v
-            .parse()
-            .map_err(|e| format!("WORKERS={v:?} is not a number of threads: {e}"))?;
+    if let Some(n) = fyerrpc_benches::env_count("WORKERS", "threads")? {
         builder.worker_threads(n.max(1));
     }
     let rt = builder.enable_all().build()?;

@@ -23,3 +23,20 @@ pub mod quality;
 pub mod server;
 pub mod table;
 pub mod tally;
+
+/// A count from the environment variable `name`, `None` when it is unset.
+/// A value that is not a number is an error naming the variable and `what`
+/// it counts (`SERVERS=x` and `WORKERS=x` of the examples).
+///
+/// ```
+/// assert_eq!(fyerrpc_benches::env_count("FYERRPC_BENCHES_UNSET_COUNT", "things"), Ok(None));
+/// ```
+pub fn env_count(name: &str, what: &str) -> Result<Option<usize>, String> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("{name}={v:?} is not a number of {what}: {e}")),
+        Err(_) => Ok(None),
+    }
+}

@@ -87,12 +87,7 @@ impl Cluster {
     /// The cluster the examples measure: `SERVERS` greeter servers from the
     /// environment (three when unset, at least one), serving TLS when `tls`.
     pub fn start_from_env(tls: bool) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-        let servers: usize = match std::env::var("SERVERS") {
-            Ok(v) => v
-                .parse()
-                .map_err(|e| format!("SERVERS={v:?} is not a number of servers: {e}"))?,
-            Err(_) => 3,
-        };
+        let servers = crate::env_count("SERVERS", "servers")?.unwrap_or(3);
         if tls {
             Self::start_tls(servers.max(1))
         } else {
