@@ -10,6 +10,10 @@
 //! (with one, every target calls the same server over one connection), and
 //! `WORKERS=N` gives the runtime N worker threads instead of one per core.
 //!
+//! Each target's line gives its median calls per second, CPU per call
+//! (the whole process: client and servers) and, where the kernel counts
+//! them, write system calls per call (both sides of the connections).
+//!
 //! A target named twice gets two clients, measured as two targets: an A/A
 //! check of the harness (`paired 2000 21 16 64 fyerrpc fyerrpc`). The ratio
 //! column compares each target with the first fyerrpc target, or with the
@@ -18,8 +22,8 @@
 use std::time::Duration;
 
 use fyerrpc_benches::calls::{Caller, Target};
-use fyerrpc_benches::cpu;
 use fyerrpc_benches::server::Cluster;
+use fyerrpc_benches::{cpu, writes};
 
 /// The middle value (the upper one of an even count; 0 for none).
 fn median(v: &mut [f64]) -> f64 {
@@ -39,14 +43,14 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // `tls` measures the TLS targets (on a TLS cluster) instead.
     let tls = rest.iter().any(|a| a == "tls");
     let all: &[Target] = if tls { &Target::TLS } else { &Target::ALL };
-    // Targets in table order, each as often as it is named: a target named
-    // twice is measured twice, an A/A check of the harness itself (two
-    // identical clients should come out level).
-    let mut targets: Vec<Target> = Vec::new();
-    for t in all {
-        let named = rest.iter().filter(|a| *a == t.name()).count();
-        targets.extend(std::iter::repeat_n(*t, named));
-    }
+    // Targets in the order named (which is the order their clients are
+    // built in), each as often as it is named: a target named twice is
+    // measured twice, an A/A check of the harness itself (two identical
+    // clients should come out level).
+    let targets: Vec<Target> = rest
+        .iter()
+        .filter_map(|a| all.iter().find(|t| t.name() == a).copied())
+        .collect();
     for a in rest
         .iter()
         .filter(|a| a.parse::<usize>().is_err() && *a != "tls")
@@ -63,9 +67,11 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         }
         .into());
     }
-    if targets.is_empty() {
-        targets = all.to_vec();
-    }
+    let targets = if targets.is_empty() {
+        all.to_vec()
+    } else {
+        targets
+    };
     // `WORKERS=N`: the runtime's worker threads (one per core by default).
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = fyerrpc_benches::env_count("WORKERS", "threads")? {
@@ -80,6 +86,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     for conc in levels {
         let mut wall: Vec<Vec<f64>> = vec![Vec::new(); callers.len()];
         let mut cpu_us: Vec<Vec<f64>> = vec![Vec::new(); callers.len()];
+        let mut writes: Vec<Vec<f64>> = vec![Vec::new(); callers.len()];
         for round in 0..=rounds {
             // Each round starts with the next target, so that no target
             // always follows the same one (whatever a batch leaves behind,
@@ -87,12 +94,15 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             for k in 0..callers.len() {
                 let i = (round + k) % callers.len();
                 let caller = &callers[i].1;
-                let c0 = cpu::process();
+                let (c0, w0) = (cpu::process(), writes::count());
                 let elapsed: Duration = rt.block_on(caller.run(calls, conc))?;
-                let c1 = cpu::process();
+                let (c1, w1) = (cpu::process(), writes::count());
                 if round > 0 {
                     wall[i].push(calls as f64 / elapsed.as_secs_f64());
                     cpu_us[i].push((c1 - c0).as_secs_f64() * 1e6 / calls as f64);
+                    if let (Some(w0), Some(w1)) = (w0, w1) {
+                        writes[i].push(w1.saturating_sub(w0) as f64 / calls as f64);
+                    }
                 }
             }
         }
@@ -112,6 +122,11 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             };
             let thr = median(&mut wall[i].clone());
             let cpu = median(&mut cpu_us[i].clone());
+            let w = if writes[i].is_empty() {
+                String::new()
+            } else {
+                format!("  writes {:4.2}", median(&mut writes[i].clone()))
+            };
             let ratio = f.map(|f| {
                 let mut r: Vec<f64> = wall[f].iter().zip(&wall[i]).map(|(a, b)| a / b).collect();
                 r.sort_by(f64::total_cmp);
@@ -123,7 +138,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 )
             });
             println!(
-                "  {:18} {:9.0} calls/s  cpu {:6.1} µs  {}",
+                "  {:18} {:9.0} calls/s  cpu {:6.1} µs{w}  {}",
                 label,
                 thr,
                 cpu,

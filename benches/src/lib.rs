@@ -12,7 +12,8 @@
 //! This library holds what the benchmarks share: a greet cluster on
 //! loopback ([`server`]), the three ways of calling it ([`calls`]), the
 //! balancer fixtures ([`picking`]) and quality measures ([`quality`]), and
-//! the summary tables printed at the end of a run ([`tally`], [`table`]).
+//! the summary tables printed at the end of a run ([`tally`], [`table`]),
+//! and the process's count of write system calls ([`writes`]).
 
 #![warn(missing_docs)]
 
@@ -23,6 +24,7 @@ pub mod quality;
 pub mod server;
 pub mod table;
 pub mod tally;
+pub mod writes;
 
 /// A count from the environment variable `name`, `None` when it is unset.
 /// A value that is not a number is an error naming the variable and `what`

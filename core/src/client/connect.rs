@@ -54,7 +54,7 @@ pub type EndpointHook = Arc<dyn Fn(Endpoint, &Instance) -> Endpoint + Send + Syn
 
 /// How the client connects to instances: the settings shared by every
 /// channel it creates.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct TransportConfig {
     /// TLS settings and the rustls configuration built from them (or why it
     /// could not be built); `None`: plaintext (h2c).
@@ -62,6 +62,20 @@ pub(crate) struct TransportConfig {
     tls: Option<Result<tls::Prepared, String>>,
     /// The user's endpoint settings, applied last.
     pub hook: Option<EndpointHook>,
+    /// Whether the client's own connections coalesce writes (see
+    /// [`coalesce`]).
+    pub coalesce_writes: bool,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            #[cfg(feature = "tls")]
+            tls: None,
+            hook: None,
+            coalesce_writes: true,
+        }
+    }
 }
 
 impl fmt::Debug for TransportConfig {
@@ -70,6 +84,7 @@ impl fmt::Debug for TransportConfig {
         f.debug_struct("TransportConfig")
             .field("tls", &self.tls_enabled())
             .field("endpoint_hook", &self.hook.is_some())
+            .field("coalesce_writes", &self.coalesce_writes)
             .finish()
     }
 }
@@ -210,6 +225,8 @@ pub(crate) struct LazyConnect {
     /// The user's endpoint hook applies: connect through a tonic channel.
     hooked: bool,
     connect_timeout: Duration,
+    /// Whether the direct connection coalesces writes.
+    coalesce_writes: bool,
 }
 
 /// How an instance is dialed.
@@ -237,9 +254,11 @@ impl std::fmt::Debug for LazyConnect {
 
 impl How {
     /// Dials the instance and starts HTTP/2 on the connection (hyper
-    /// directly, no tonic channel). Failures come as a `tonic::ConnectError`.
+    /// directly, no tonic channel), its writes coalesced when
+    /// `coalesce_writes` is set. Failures come as a `tonic::ConnectError`.
     pub(crate) async fn handshake(
         &self,
+        coalesce_writes: bool,
     ) -> Result<hyper::client::conn::http2::SendRequest<tonic::body::Body>, super::BoxError> {
         let connect_error =
             |e: ConnectFailure| Box::new(tonic::ConnectError(Box::new(e))) as super::BoxError;
@@ -249,14 +268,16 @@ impl How {
                 let io = tower::Service::call(&mut c.clone(), http::Uri::default())
                     .await
                     .map_err(connect_error)?;
-                super::http2::start(io).await
+                let io = Coalesce::new(io.into_inner(), coalesce_writes);
+                super::http2::start(TokioIo::new(io)).await
             }
             #[cfg(feature = "tls")]
             How::Tls(c) => {
                 let io = tower::Service::call(&mut c.clone(), http::Uri::default())
                     .await
                     .map_err(connect_error)?;
-                super::http2::start(io).await
+                let io = Coalesce::new(io.into_inner(), coalesce_writes);
+                super::http2::start(TokioIo::new(io)).await
             }
         }
     }
@@ -287,6 +308,7 @@ impl LazyConnect {
             tls,
             authority,
             self.connect_timeout,
+            self.coalesce_writes,
         ))
     }
 
@@ -345,6 +367,7 @@ pub(crate) fn prepare(
             print: transport_print(inst),
             hooked: config.hook.is_some(),
             connect_timeout,
+            coalesce_writes: config.coalesce_writes,
         });
     }
     let mut endpoint = endpoint
@@ -372,6 +395,7 @@ pub(crate) fn prepare(
             print: transport_print(inst),
             hooked: config.hook.is_some(),
             connect_timeout,
+            coalesce_writes: config.coalesce_writes,
         });
     }
     Ok(LazyConnect {
@@ -380,12 +404,16 @@ pub(crate) fn prepare(
         print: transport_print(inst),
         hooked: config.hook.is_some(),
         connect_timeout,
+        coalesce_writes: config.coalesce_writes,
     })
 }
 
+mod coalesce;
 mod io;
 #[cfg(feature = "tls")]
 mod tls;
+
+use coalesce::Coalesce;
 
 /// The reason an attempt failed, for the caller's status message: every
 /// distinct message of the error's source chain, outermost first.

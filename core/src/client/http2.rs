@@ -62,6 +62,9 @@ pub(crate) struct Http2 {
     scheme: Scheme,
     authority: Authority,
     connect_timeout: Duration,
+    /// Whether the connection's writes are coalesced (see
+    /// `connect::coalesce`).
+    coalesce_writes: bool,
     /// The request sender of the live connection, if any.
     live: ArcSwapOption<SendRequest<Body>>,
     /// One dial at a time, and the outcome of the last one.
@@ -93,8 +96,10 @@ impl Http2 {
         tls: bool,
         authority: Authority,
         connect_timeout: Duration,
+        coalesce_writes: bool,
     ) -> Self {
         Self {
+            coalesce_writes,
             how,
             scheme: if tls { Scheme::HTTPS } else { Scheme::HTTP },
             authority,
@@ -171,7 +176,11 @@ impl Http2 {
                 )))));
             }
         }
-        let result = tokio::time::timeout(self.connect_timeout, self.how.handshake()).await;
+        let result = tokio::time::timeout(
+            self.connect_timeout,
+            self.how.handshake(self.coalesce_writes),
+        )
+        .await;
         self.dials.fetch_add(1, Ordering::AcqRel);
         let result = match result {
             Ok(r) => r,

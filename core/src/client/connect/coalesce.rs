@@ -1,0 +1,224 @@
+//! Write coalescing: the frames of calls made at nearly the same moment go
+//! out in one write instead of one write each.
+//!
+//! ```text
+//!                       HTTP/2 has frames to write
+//!     Passing ---------------------------------------------> Deferred
+//!        ^      (the write is held back: the connection's      |
+//!        |       task wakes itself and yields, so the tasks    |
+//!        |       already queued run first and add their        |
+//!        |       requests to HTTP/2's buffer)                  |
+//!        |                                                     |
+//!        +------------------------------------------------------+
+//!             HTTP/2 writes again: everything buffered by now
+//!             goes out in one system call
+//! ```
+//!
+//! HTTP/2 writes what it has buffered each time its connection task runs.
+//! A caller handing a request to the connection wakes that task, and the
+//! runtime tends to run it right away, before the other callers that are
+//! ready to send: each request then costs one `writev` (and, on the
+//! instance's side, one read and one wake-up). Yielding once before
+//! writing lets those callers go first, so a busy connection writes the
+//! requests of many calls at once, as a single connection shared by many
+//! tasks does by itself. grpc-go's writer yields the same way when it has
+//! little to write.
+//!
+//! The cost is one more poll of the connection task per write. A
+//! connection with one call at a time pays it and gains nothing; the
+//! client's benchmarks measure both (see `benches/README.md`).
+//! [`ClientBuilder::coalesce_writes`](crate::client::ClientBuilder::coalesce_writes)
+//! turns it off.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// A stream whose writes wait for one turn of the scheduler (see the
+/// module docs). Reads, flushes and shutdown pass straight through.
+pub(crate) struct Coalesce<T> {
+    inner: T,
+    /// Off: every write passes straight through.
+    enabled: bool,
+    /// `true` in the `Deferred` state: the next write goes out.
+    deferred: bool,
+}
+
+impl<T> Coalesce<T> {
+    pub(crate) fn new(inner: T, enabled: bool) -> Self {
+        Self {
+            inner,
+            enabled,
+            deferred: false,
+        }
+    }
+
+    /// Whether this write waits: the first of a batch does (and the task is
+    /// woken to come back for it), the next one goes out.
+    fn hold_back(&mut self, cx: &Context<'_>, empty: bool) -> bool {
+        if !self.enabled || empty {
+            return false;
+        }
+        if self.deferred {
+            self.deferred = false;
+            return false;
+        }
+        self.deferred = true;
+        cx.waker().wake_by_ref();
+        true
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Coalesce<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.hold_back(cx, buf.is_empty()) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let empty = bufs.iter().all(|b| b.is_empty());
+        if self.hold_back(cx, empty) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Records every write it is given, one entry per call.
+    #[derive(Clone, Default)]
+    struct Writes(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl Writes {
+        fn taken(&self) -> Vec<Vec<u8>> {
+            self.0.lock().map(|w| w.clone()).unwrap_or_default()
+        }
+    }
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            if let Ok(mut w) = self.0.lock() {
+                w.push(buf.to_vec());
+            }
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Like HTTP/2's writer: each poll writes whatever is buffered by then.
+    async fn write_buffered(io: &mut Coalesce<Writes>, buffered: &Mutex<Vec<u8>>) -> usize {
+        std::future::poll_fn(|cx| {
+            let now = buffered.lock().map(|b| b.clone()).unwrap_or_default();
+            Pin::new(&mut *io).poll_write(cx, &now)
+        })
+        .await
+        .unwrap_or(0)
+    }
+
+    /// The connection task writes one request; another task, ready at the
+    /// same moment, adds its own before the write goes out.
+    async fn one_turn(enabled: bool) -> Vec<Vec<u8>> {
+        let writes = Writes::default();
+        let buffered = Arc::new(Mutex::new(b"first".to_vec()));
+        let mut io = Coalesce::new(writes.clone(), enabled);
+        let other = Arc::clone(&buffered);
+        let conn = tokio::spawn(async move { write_buffered(&mut io, &buffered).await });
+        let caller = tokio::spawn(async move {
+            if let Ok(mut b) = other.lock() {
+                b.extend_from_slice(b"+second");
+            }
+        });
+        let written = conn.await.unwrap_or(0);
+        let _ = caller.await;
+        let taken = writes.taken();
+        assert_eq!(written, taken.concat().len());
+        taken
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_queued_during_the_deferral_joins_the_write() {
+        assert_eq!(one_turn(true).await, vec![b"first+second".to_vec()]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn turned_off_every_write_goes_out_at_once() {
+        assert_eq!(one_turn(false).await, vec![b"first".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn every_byte_arrives_in_order_and_reads_pass_through() {
+        let (a, b) = tokio::io::duplex(64);
+        let (mut a, mut b) = (Coalesce::new(a, true), Coalesce::new(b, true));
+        let sent: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
+        let expected = sent.clone();
+        let writer = tokio::spawn(async move {
+            for chunk in sent.chunks(333) {
+                a.write_all(chunk).await?;
+            }
+            a.flush().await?;
+            a.shutdown().await
+        });
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).await.unwrap_or(0);
+        assert!(matches!(writer.await, Ok(Ok(()))));
+        assert_eq!(got, expected);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn empty_writes_are_not_held_back() {
+        let writes = Writes::default();
+        let mut io = Coalesce::new(writes.clone(), true);
+        let n = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut io).poll_write(cx, b""))).await;
+        assert!(matches!(n, Poll::Ready(Ok(0))));
+    }
+}
