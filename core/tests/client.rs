@@ -508,3 +508,24 @@ async fn a_client_with_an_endpoint_hook_calls_through_tonic_channels_and_fails_o
     assert!(servers[2].calls() > 0, "the failing instance was tried");
     assert_eq!(client.stats().failures, 0);
 }
+
+/// Coalesced writes (the default) and writes sent at once both carry
+/// concurrent calls, every one answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_succeed_with_writes_coalesced_or_not() {
+    for coalesce in [true, false] {
+        let (servers, registry) = cluster();
+        let client = client(registry, |b| b.coalesce_writes(coalesce)).await;
+        let calls = (0..64).map(|_| check(client.clone()));
+        for (i, r) in futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            r.unwrap_or_else(|e| panic!("coalesce {coalesce}: call {i} failed: {e}"));
+        }
+        assert_eq!(client.stats().successes, 64, "coalesce {coalesce}");
+        let served: u64 = servers.iter().map(|s| s.calls()).sum();
+        assert_eq!(served, 64, "coalesce {coalesce}: one attempt per call");
+    }
+}
