@@ -172,9 +172,9 @@ impl ClientBuilder {
         self
     }
     /// Whether the client's connections coalesce writes (on by default):
-    /// a connection's task yields once before it writes, so the requests of
-    /// calls made at nearly the same moment go out in one write instead of
-    /// one each. Under concurrent load this saves system calls on both
+    /// a connection's task yields once before it writes less than 4 KiB,
+    /// so the requests of calls made at nearly the same moment go out in one
+    /// write instead of one each. Under concurrent load this saves system calls on both
     /// sides of the connection; with one call at a time it costs one more
     /// poll of the connection's task per write. Connections made through
     /// an [`endpoint_config`](Self::endpoint_config) hook (tonic's channel)

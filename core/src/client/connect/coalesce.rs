@@ -2,14 +2,16 @@
 //! out in one write instead of one write each.
 //!
 //! ```text
-//!                       HTTP/2 has frames to write
+//!                HTTP/2 has frames to write, less than WRITE_AT_ONCE
 //!     Passing ---------------------------------------------> Deferred
-//!        ^      (the write is held back: the connection's      |
-//!        |       task wakes itself and yields, so the tasks    |
-//!        |       already queued run first and add their        |
-//!        |       requests to HTTP/2's buffer)                  |
-//!        |                                                     |
-//!        +------------------------------------------------------+
+//!      ^  |    (the write is held back: the connection's        |
+//!      |  |     task wakes itself and yields, so the tasks      |
+//!      |  |     already queued run first and add their          |
+//!      |  |     requests to HTTP/2's buffer)                    |
+//!      |  |                                                     |
+//!      |  +-- WRITE_AT_ONCE or more: written now                |
+//!      |                                                        |
+//!      +--------------------------------------------------------+
 //!             HTTP/2 writes again: everything buffered by now
 //!             goes out in one system call
 //! ```
@@ -26,7 +28,9 @@
 //!
 //! The cost is one more poll of the connection task per write. A
 //! connection with one call at a time pays it and gains nothing; the
-//! client's benchmarks measure both (see `benches/README.md`).
+//! client's benchmarks measure both (see `benches/README.md`). A write of
+//! [`WRITE_AT_ONCE`] bytes or more (a large message) already spreads its
+//! system call over enough bytes and goes out without waiting.
 //! [`ClientBuilder::coalesce_writes`](crate::client::ClientBuilder::coalesce_writes)
 //! turns it off.
 
@@ -35,6 +39,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Writes of at least this many bytes are not held back.
+pub(crate) const WRITE_AT_ONCE: usize = 4096;
 
 /// A stream whose writes wait for one turn of the scheduler (see the
 /// module docs). Reads, flushes and shutdown pass straight through.
@@ -55,13 +62,11 @@ impl<T> Coalesce<T> {
         }
     }
 
-    /// Whether this write waits: the first of a batch does (and the task is
-    /// woken to come back for it), the next one goes out.
-    fn hold_back(&mut self, cx: &Context<'_>, empty: bool) -> bool {
-        if !self.enabled || empty {
-            return false;
-        }
-        if self.deferred {
+    /// Whether a write of `len` bytes waits: the first of a batch does
+    /// (and the task is woken to come back for it), the next one goes out;
+    /// an empty or large write goes out at once.
+    fn hold_back(&mut self, cx: &Context<'_>, len: usize) -> bool {
+        if !self.enabled || self.deferred || len == 0 || len >= WRITE_AT_ONCE {
             self.deferred = false;
             return false;
         }
@@ -87,7 +92,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.hold_back(cx, buf.is_empty()) {
+        if self.hold_back(cx, buf.len()) {
             return Poll::Pending;
         }
         Pin::new(&mut self.inner).poll_write(cx, buf)
@@ -98,8 +103,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let empty = bufs.iter().all(|b| b.is_empty());
-        if self.hold_back(cx, empty) {
+        let len = bufs.iter().map(|b| b.len()).sum();
+        if self.hold_back(cx, len) {
             return Poll::Pending;
         }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
@@ -215,10 +220,15 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn empty_writes_are_not_held_back() {
+    async fn empty_and_large_writes_are_not_held_back() {
         let writes = Writes::default();
         let mut io = Coalesce::new(writes.clone(), true);
-        let n = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut io).poll_write(cx, b""))).await;
-        assert!(matches!(n, Poll::Ready(Ok(0))));
+        let large = vec![7u8; WRITE_AT_ONCE];
+        for buf in [&[][..], &large[..]] {
+            let n =
+                std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut io).poll_write(cx, buf))).await;
+            assert!(matches!(n, Poll::Ready(Ok(k)) if k == buf.len()));
+        }
+        assert_eq!(writes.taken(), vec![Vec::new(), large]);
     }
 }
