@@ -12,7 +12,8 @@
 //!
 //! Each target's line gives its median calls per second, CPU per call
 //! (the whole process: client and servers) and, where the kernel counts
-//! them, write system calls per call (both sides of the connections).
+//! them, write system calls per call (both sides of the connections, and
+//! the runtime's wake-ups of parked workers: see `fyerrpc_benches::writes`).
 //!
 //! A target named twice gets two clients, measured as two targets: an A/A
 //! check of the harness (`paired 2000 21 16 64 fyerrpc fyerrpc`). The ratio
@@ -86,7 +87,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     for conc in levels {
         let mut wall: Vec<Vec<f64>> = vec![Vec::new(); callers.len()];
         let mut cpu_us: Vec<Vec<f64>> = vec![Vec::new(); callers.len()];
-        let mut writes: Vec<Vec<f64>> = vec![Vec::new(); callers.len()];
+        let mut writes_per_call: Vec<Vec<f64>> = vec![Vec::new(); callers.len()];
         for round in 0..=rounds {
             // Each round starts with the next target, so that no target
             // always follows the same one (whatever a batch leaves behind,
@@ -101,7 +102,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                     wall[i].push(calls as f64 / elapsed.as_secs_f64());
                     cpu_us[i].push((c1 - c0).as_secs_f64() * 1e6 / calls as f64);
                     if let (Some(w0), Some(w1)) = (w0, w1) {
-                        writes[i].push(w1.saturating_sub(w0) as f64 / calls as f64);
+                        writes_per_call[i].push(w1.saturating_sub(w0) as f64 / calls as f64);
                     }
                 }
             }
@@ -122,10 +123,10 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             };
             let thr = median(&mut wall[i].clone());
             let cpu = median(&mut cpu_us[i].clone());
-            let w = if writes[i].is_empty() {
+            let w = if writes_per_call[i].is_empty() {
                 String::new()
             } else {
-                format!("  writes {:4.2}", median(&mut writes[i].clone()))
+                format!("  writes {:4.2}", median(&mut writes_per_call[i].clone()))
             };
             let ratio = f.map(|f| {
                 let mut r: Vec<f64> = wall[f].iter().zip(&wall[i]).map(|(a, b)| a / b).collect();

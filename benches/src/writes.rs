@@ -1,7 +1,10 @@
 //! System calls that write, as the kernel counts them for the whole
-//! process (`syscw` in `/proc/self/io`, Linux only): `write` and `writev`,
-//! which is how tokio writes to a socket. Client and servers share the
-//! benchmark process, so a count covers both sides of every connection.
+//! process (`syscw` in `/proc/self/io`, Linux only): `write` and `writev`.
+//! That is every socket write (tokio writes to sockets with them; client
+//! and servers share the benchmark process, so both sides of every
+//! connection), and also every wake-up of a worker parked in the runtime's
+//! I/O driver (a `write` to its eventfd). It is therefore not the count of
+//! socket writes alone, and not comparable with a count of `writev` only.
 
 /// Write system calls made by this process so far; `None` where the kernel
 /// does not report them.
@@ -28,7 +31,7 @@ mod tests {
         let Some(before) = super::count() else {
             return; // not reported on this system
         };
-        let mut f = tempfile_in_target();
+        let mut f = unlinked_temp_file();
         for _ in 0..10 {
             let _ = f.write_all(b"x");
         }
@@ -36,7 +39,7 @@ mod tests {
         assert!(after >= before + 10, "{before} -> {after}");
     }
 
-    fn tempfile_in_target() -> std::fs::File {
+    fn unlinked_temp_file() -> std::fs::File {
         let path = std::env::temp_dir().join(format!("fyerrpc-writes-{}", std::process::id()));
         let f = std::fs::File::create(&path).expect("a writable temporary directory");
         let _ = std::fs::remove_file(&path);

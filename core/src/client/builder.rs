@@ -101,7 +101,7 @@ pub const DEFAULT_STATS_RETENTION: Duration = Duration::from_secs(300);
 /// | hash header | [`DEFAULT_HASH_HEADER`] |
 /// | transport | plaintext HTTP/2 (h2c); TLS with `tls(...)` (feature `tls`) |
 /// | endpoint settings | TCP no-delay, HTTP/2 keep-alive every 30 s while calls are open |
-/// | write coalescing | on: a connection yields once before writing, so concurrent calls share writes |
+/// | write coalescing | on: a connection yields once before a write under 4 KiB, so concurrent calls share writes |
 #[must_use]
 pub struct ClientBuilder {
     service: String,
@@ -173,11 +173,12 @@ impl ClientBuilder {
     }
     /// Whether the client's connections coalesce writes (on by default):
     /// a connection's task yields once before it writes less than 4 KiB,
-    /// so the requests of calls made at nearly the same moment go out in one
-    /// write instead of one each. Under concurrent load this saves system calls on both
-    /// sides of the connection; with one call at a time it costs one more
-    /// poll of the connection's task per write. Connections made through
-    /// an [`endpoint_config`](Self::endpoint_config) hook (tonic's channel)
+    /// so the requests of calls made at nearly the same moment go out in
+    /// one write instead of one each. Under concurrent load this saves
+    /// system calls on both sides of the connection; with one call at a
+    /// time it costs one more poll of the connection's task per write (and
+    /// may wake an idle worker thread). Connections made through an
+    /// [`endpoint_config`](Self::endpoint_config) hook (tonic's channel)
     /// are not affected.
     pub fn coalesce_writes(mut self, on: bool) -> Self {
         self.config.transport.coalesce_writes = on;

@@ -27,9 +27,10 @@
 //! worker. What the channel's layers add is done here or above: the origin
 //! (scheme and authority) and user agent are set on each request, the
 //! deadline is the client's own attempt timer, and reconnecting is the dial
-//! above. The connection's writes are coalesced (`connect::coalesce`): its
-//! task yields once before writing, so the requests of calls made at nearly
-//! the same moment share one write. A client given an endpoint hook
+//! above. The connection's writes are coalesced unless
+//! `coalesce_writes(false)` (`connect::coalesce`): its task yields once
+//! before a write under 4 KiB, so the requests of calls made at nearly the
+//! same moment share one write. A client given an endpoint hook
 //! ([`ClientBuilder::endpoint_config`](super::ClientBuilder::endpoint_config))
 //! uses tonic's channel instead, since the hook configures one.
 

@@ -9,16 +9,17 @@
 //!      |  |     already queued run first and add their          |
 //!      |  |     requests to HTTP/2's buffer)                    |
 //!      |  |                                                     |
-//!      |  +-- WRITE_AT_ONCE or more: written now                |
+//!      |  +-- WRITE_AT_ONCE or more, or a DATA frame passed     |
+//!      |      by reference: written now                         |
 //!      |                                                        |
 //!      +--------------------------------------------------------+
-//!             HTTP/2 writes again: everything buffered by now
-//!             goes out in one system call
+//!             HTTP/2 writes again and the stream takes it:
+//!             everything buffered by now goes out together
 //! ```
 //!
 //! HTTP/2 writes what it has buffered each time its connection task runs.
-//! A caller handing a request to the connection wakes that task, and the
-//! runtime tends to run it right away, before the other callers that are
+//! A caller handing a request to the connection wakes that task (through
+//! hyper's dispatch), and the runtime tends to run it right away, before the other callers that are
 //! ready to send: each request then costs one `writev` (and, on the
 //! instance's side, one read and one wake-up). Yielding once before
 //! writing lets those callers go first, so a busy connection writes the
@@ -26,11 +27,15 @@
 //! tasks does by itself. grpc-go's writer yields the same way when it has
 //! little to write.
 //!
-//! The cost is one more poll of the connection task per write. A
-//! connection with one call at a time pays it and gains nothing; the
-//! client's benchmarks measure both (see `benches/README.md`). A write of
-//! [`WRITE_AT_ONCE`] bytes or more (a large message) already spreads its
-//! system call over enough bytes and goes out without waiting.
+//! The cost is one more poll of the connection task per held write, and
+//! on a multi-threaded runtime with an idle worker the yield may wake that
+//! worker (which may then take the task over). A connection with one call
+//! at a time pays it and gains nothing; the client's benchmarks measure
+//! both (see `benches/README.md`). A write of [`WRITE_AT_ONCE`] bytes or
+//! more already spreads its system call over enough bytes and goes out
+//! without waiting, and so does a write whose last piece is a DATA frame
+//! HTTP/2 passes by reference (256 bytes or more: HTTP/2 adds nothing to
+//! the write after it). grpc-go's cutoff is about 1,000 bytes.
 //! [`ClientBuilder::coalesce_writes`](crate::client::ClientBuilder::coalesce_writes)
 //! turns it off.
 
@@ -62,17 +67,28 @@ impl<T> Coalesce<T> {
         }
     }
 
-    /// Whether a write of `len` bytes waits: the first of a batch does
-    /// (and the task is woken to come back for it), the next one goes out;
-    /// an empty or large write goes out at once.
-    fn hold_back(&mut self, cx: &Context<'_>, len: usize) -> bool {
-        if !self.enabled || self.deferred || len == 0 || len >= WRITE_AT_ONCE {
-            self.deferred = false;
+    /// Whether a write of `len` bytes in `pieces` slices waits: the first of
+    /// a batch does (and the task is woken to come back for it), the next
+    /// one goes out. An empty or large write goes out at once, and so does
+    /// one in more than one slice: HTTP/2 hands a DATA frame of 256 bytes or
+    /// more over as a second slice, and buffers nothing after it until it
+    /// is written, so waiting could not add to it.
+    fn hold_back(&mut self, cx: &Context<'_>, len: usize, pieces: usize) -> bool {
+        if !self.enabled || self.deferred || len == 0 || len >= WRITE_AT_ONCE || pieces > 1 {
             return false;
         }
         self.deferred = true;
         cx.waker().wake_by_ref();
         true
+    }
+
+    /// After a write passed: once the inner stream took it, the next batch
+    /// starts (a write the socket refused keeps its pass for the retry).
+    fn passed<R>(&mut self, result: Poll<R>) -> Poll<R> {
+        if result.is_ready() {
+            self.deferred = false;
+        }
+        result
     }
 }
 
@@ -92,10 +108,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.hold_back(cx, buf.len()) {
+        if self.hold_back(cx, buf.len(), 1) {
             return Poll::Pending;
         }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.passed(result)
     }
 
     fn poll_write_vectored(
@@ -104,10 +121,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let len = bufs.iter().map(|b| b.len()).sum();
-        if self.hold_back(cx, len) {
+        let pieces = bufs.iter().filter(|b| !b.is_empty()).count();
+        if self.hold_back(cx, len, pieces) {
             return Poll::Pending;
         }
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.passed(result)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -217,6 +236,33 @@ mod tests {
         b.read_to_end(&mut got).await.unwrap_or(0);
         assert!(matches!(writer.await, Ok(Ok(()))));
         assert_eq!(got, expected);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn vectored_writes_are_held_once_and_a_chained_frame_is_not() {
+        let writes = Writes::default();
+        let mut io = Coalesce::new(writes.clone(), true);
+        let (head, payload) = (&b"head"[..], &b"payload"[..]);
+        // One slice: held once, then written (the recorder takes the first).
+        let mut polls = 0;
+        let n = std::future::poll_fn(|cx| {
+            polls += 1;
+            Pin::new(&mut io).poll_write_vectored(cx, &[io::IoSlice::new(head)])
+        })
+        .await;
+        assert!(matches!(n, Ok(4)));
+        assert_eq!(polls, 2, "held once");
+        // Two slices (a DATA frame passed by reference): written at once.
+        let slices = [io::IoSlice::new(head), io::IoSlice::new(payload)];
+        let mut polls = 0;
+        let n = std::future::poll_fn(|cx| {
+            polls += 1;
+            Pin::new(&mut io).poll_write_vectored(cx, &slices)
+        })
+        .await;
+        assert!(matches!(n, Ok(4)));
+        assert_eq!(polls, 1, "not held");
+        assert_eq!(writes.taken(), vec![head.to_vec(), head.to_vec()]);
     }
 
     #[tokio::test(flavor = "current_thread")]
