@@ -251,12 +251,19 @@ async fn the_seed_faults_plus_a_killed_server_fail_almost_nothing_and_breakers_c
             .breaker(breaker(open))
     })
     .await;
-    // A: a failure window after 100 calls; B: 10 % random failures;
-    // C: killed under load.
-    servers[0].set_failure_window(100, Duration::from_millis(1_500));
-    servers[1].set_fail_permille(100);
+    // The client first runs fault-free for a while, as a client in service
+    // has: its retry budget holds the deposits of recent requests (a client
+    // started into these faults has only the budget's floor, 100 retries,
+    // and can spend it on A's window: tens of calls then fail for want of a
+    // retry, as the budget intends).
     let (load, tasks) = start_load(&client, 16, u64::MAX);
     calls_reach(&load, 1_000).await;
+    // A: a failure window after 100 more calls; B: 10 % random failures;
+    // C: killed under load.
+    servers[0].set_failure_window(servers[0].calls() + 100, Duration::from_millis(1_500));
+    servers[1].set_fail_permille(100);
+    let at = load.calls();
+    calls_reach(&load, at + 1_000).await;
     servers[2].kill();
     let at = load.calls();
     calls_reach(&load, at + 4_000).await;
@@ -269,8 +276,9 @@ async fn the_seed_faults_plus_a_killed_server_fail_almost_nothing_and_breakers_c
     let (calls, failed) = (load.calls(), load.failed());
     assert!(
         failed * 1_000 <= calls,
-        "{failed} of {calls} calls failed: {:?}",
-        load.errors.lock().unwrap()
+        "{failed} of {calls} calls failed: {:?} {:?}",
+        load.errors.lock().unwrap(),
+        client.stats()
     );
     let stats = client.stats();
     assert!(
